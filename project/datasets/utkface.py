@@ -1,0 +1,514 @@
+"""UTKFace: file-name parsing, archive extraction, validation, the stratified split and the DataModule.
+
+UTKFace file names look like ``{age}_{gender}_{race}_{datetime}.jpg.chip.jpg``. Only the age is needed; real
+copies also hold names without the race field (still valid), names with stray spaces, macOS ``._*`` files,
+notes and broken files. Everything that cannot be used is skipped and reported once, up front.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tarfile
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from project.age_groups import GROUP_LABELS, NUM_CLASSES, age_to_group
+from project.errors import UserError
+from project.transforms import build_transform, load_rgb_image
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+SPLIT_FILE_NAME = "split.json"
+SKIPPED_FILE_NAME = "skipped_files.txt"
+
+
+def default_cache_dir() -> Path:
+    """Where extracted archives and feature caches go when no ``--cache_dir`` is given."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "age-group-classifier"
+
+
+# --------------------------------------------------------------------------------------------------- names
+
+
+def parse_age(file_name: str) -> Optional[int]:
+    """The age encoded at the start of a UTKFace file name, or ``None`` if the name does not carry one.
+
+    ``"25_0_1_20170116174525125.jpg.chip.jpg"`` -> 25; a missing race field (``"39_1_2017...jpg"``) and stray
+    spaces (``" 25 _0_1_...jpg"``) are accepted.
+    """
+    stem = file_name.strip().split(".", 1)[0]
+    fields = [part.strip() for part in stem.split("_")]
+    if len(fields) < 2 or not fields[0].isdigit():
+        return None
+    return int(fields[0])
+
+
+@dataclass(frozen=True)
+class FaceItem:
+    """One usable image: its path relative to the dataset root, its age and its age group."""
+
+    relpath: str
+    age: int
+    group: int
+
+
+@dataclass
+class ScanResult:
+    """The usable images (sorted by path) and the skipped files with the reason for each."""
+
+    root: Path
+    items: List[FaceItem]
+    skipped: List[Tuple[str, str]] = field(default_factory=list)
+
+    def skipped_summary(self, limit: int = 3) -> str:
+        """One line: how many files were skipped, and the first few with their reason."""
+        shown = "; ".join(f"{name} ({reason})" for name, reason in self.skipped[:limit])
+        more = f"; and {len(self.skipped) - limit} more" if len(self.skipped) > limit else ""
+        return f"skipped {len(self.skipped)} of {len(self.items) + len(self.skipped)} files: {shown}{more}"
+
+
+def check_image_file(path: Path) -> Optional[str]:
+    """A cheap check (header and end marker, no decoding) of one image file; the reason it is broken, or None.
+
+    A JPEG cut short loses its end-of-image marker, so truncated downloads are caught without decoding 23k files.
+    """
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return "unreadable or dangling link"
+    if size == 0:
+        return "empty file"
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            handle.seek(max(0, size - 12))
+            tail = handle.read()
+    except OSError:
+        return "unreadable file"
+    if head.startswith(b"\xff\xd8\xff"):
+        return None if b"\xff\xd9" in tail else "truncated JPEG (no end-of-image marker)"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return None if b"IEND" in tail else "truncated PNG (no IEND chunk)"
+    return "not a JPEG or PNG image"
+
+
+def scan_utkface(root: Path, check_images: bool = True) -> ScanResult:
+    """Walk ``root`` for UTKFace images, parse their ages and skip (with a reason) what cannot be used."""
+    items: List[FaceItem] = []
+    skipped: List[Tuple[str, str]] = []
+    seen: Dict[str, str] = {}
+    for path in sorted(p for p in root.rglob("*") if not p.is_dir()):
+        relpath = path.relative_to(root).as_posix()
+        name = path.name
+        if any(part.startswith(".") and part not in (".", "..") for part in Path(relpath).parts[:-1]):
+            continue  # hidden folders such as .ipynb_checkpoints or our own .partial extraction dirs
+        if name.startswith("._"):
+            skipped.append((relpath, "macOS metadata file"))
+            continue
+        if not name.strip().lower().endswith(IMAGE_SUFFIXES):
+            skipped.append((relpath, "not an image file name"))
+            continue
+        age = parse_age(name)
+        if age is None:
+            skipped.append((relpath, "name does not start with {age}_"))
+            continue
+        group = age_to_group(age)
+        if group is None:
+            skipped.append((relpath, f"age {age} outside 0-124"))
+            continue
+        key = name.strip()
+        if key in seen:
+            skipped.append((relpath, f"duplicate of {seen[key]}"))
+            continue
+        if check_images:
+            problem = check_image_file(path)
+            if problem:
+                skipped.append((relpath, problem))
+                continue
+        seen[key] = relpath
+        items.append(FaceItem(relpath, age, group))
+    return ScanResult(root, items, skipped)
+
+
+# ---------------------------------------------------------------------------------------------- archives
+
+
+def _is_archive(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def _archive_stem(path: Path) -> str:
+    name = path.name
+    for suffix in ARCHIVE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _file_digest(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(chunk)
+    return sha.hexdigest()[:16]
+
+
+def extraction_target(archive: Path, cache_dir: Optional[Path]) -> Path:
+    """Where ``archive`` is (or will be) extracted: ``<cache_dir>/extracted/<name>-<content hash>``.
+
+    Never beside the archive: the user's data folder may be shared or read-only, and the content hash means a
+    replaced archive is extracted afresh while an unchanged one is extracted only once.
+    """
+    base = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return base / "extracted" / f"{_archive_stem(archive)}-{_file_digest(archive)}"
+
+
+def extract_archive(archive: Path, target: Path) -> Path:
+    """Extract ``archive`` into ``target`` once, atomically.
+
+    Members go into a temporary sibling folder that is renamed to ``target`` only when extraction finished, so a
+    run killed half-way leaves no ``target`` and the next run starts over (removing the leftover). Extraction uses
+    tarfile's ``data`` filter: no absolute paths, no ``..``, no links out of the folder, no device files.
+    """
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in target.parent.glob(f".{target.name}.partial-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    partial = target.parent / f".{target.name}.partial-{os.getpid()}"
+    try:
+        from tqdm.auto import tqdm
+
+        with tarfile.open(archive, "r:*") as tar:
+            seen = set()
+            with tqdm(desc=f"Extracting {archive.name}", unit=" files",
+                      mininterval=1.0 if sys.stderr.isatty() else 30.0) as bar:
+                for member in tar:
+                    if member.name in seen:
+                        continue  # a duplicate name in the tar: keep the first copy
+                    seen.add(member.name)
+                    tar.extract(member, partial, filter="data")
+                    bar.update(1)
+        os.replace(partial, target)
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as err:
+        raise UserError(
+            f"{archive} is not a readable tar archive ({type(err).__name__}: {err}); re-download UTKFace.tar.gz "
+            f"or pass the extracted folder as --data_dir"
+        ) from None
+    finally:
+        if partial.exists():
+            shutil.rmtree(partial, ignore_errors=True)
+    return target
+
+
+def resolve_data_dir(data_dir: Optional[os.PathLike], cache_dir: Optional[Path] = None, extract: bool = True) -> Path:
+    """The folder of images for ``data_dir`` (a folder, or an archive that is extracted once)."""
+    if data_dir is None or str(data_dir) == "":
+        raise UserError("no dataset given: pass --data_dir PATH (a UTKFace folder or UTKFace.tar.gz)")
+    path = Path(data_dir).expanduser()
+    if path.is_dir():
+        return path
+    if _is_archive(path):
+        target = extraction_target(path, cache_dir)
+        return extract_archive(path, target) if extract else target
+    if path.exists():
+        raise UserError(f"--data_dir {path} is neither a folder nor a .tar.gz/.tgz/.tar archive")
+    raise UserError(f"--data_dir {path} does not exist; pass a UTKFace folder or UTKFace.tar.gz")
+
+
+# ------------------------------------------------------------------------------------------------- split
+
+
+def stratified_split(
+    groups: Sequence[int], seed: int, test_fraction: float = 0.1, val_fraction: float = 0.1
+) -> Dict[str, np.ndarray]:
+    """Seeded split stratified by age group: ``test_fraction`` of all items, then ``val_fraction`` of the rest.
+
+    Every group contributes ``round(n * fraction)`` items, so rare groups keep their share. The result depends
+    only on ``groups`` (in the order given) and ``seed``. Returns sorted index arrays ``train``, ``val``, ``test``.
+    """
+    groups = np.asarray(groups)
+    rng = np.random.default_rng(seed)
+    parts: Dict[str, List[np.ndarray]] = {"train": [], "val": [], "test": []}
+    for group in range(NUM_CLASSES):
+        members = rng.permutation(np.flatnonzero(groups == group))
+        n_test = int(round(len(members) * test_fraction))
+        rest = members[n_test:]
+        n_val = int(round(len(rest) * val_fraction))
+        parts["test"].append(members[:n_test])
+        parts["val"].append(rest[:n_val])
+        parts["train"].append(rest[n_val:])
+    return {name: np.sort(np.concatenate(chunks)).astype(np.int64) for name, chunks in parts.items()}
+
+
+# --------------------------------------------------------------------------------------------- datasets
+
+
+class FaceImageDataset(Dataset):
+    """Decoded, preprocessed images: ``(3 x S x S tensor, group)`` for the given items."""
+
+    def __init__(self, root: Path, items: Sequence[FaceItem], image_size: int) -> None:
+        self.root = Path(root)
+        self.items = list(items)
+        self.transform = build_transform(image_size)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
+        item = self.items[index]
+        path = self.root / item.relpath
+        try:
+            image = load_rgb_image(path)
+        except Exception as err:  # a file that passed the header check but cannot be decoded
+            raise UserError(
+                f"cannot decode {path} ({type(err).__name__}: {err}); delete or replace it and run again"
+            ) from None
+        return self.transform(image), item.group
+
+
+class CachedFeatureDataset(Dataset):
+    """Rows of a feature cache: ``(C x H x W float tensor, group)``, read a whole batch at a time."""
+
+    def __init__(self, cache, rows: np.ndarray, labels: np.ndarray) -> None:
+        self.cache = cache
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        features, labels = self.__getitems__([index])
+        return features[0], labels[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One fancy-indexed read of the memory map for the whole batch (DataLoader calls this when present)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        return self.cache.read(self.rows[indices]), self.labels[indices]
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """Shuffles with a permutation that depends only on ``(seed, epoch)``.
+
+    Lightning calls :meth:`set_epoch` before every epoch, so a run resumed from a checkpoint sees exactly the order
+    an uninterrupted run would have seen (the default sampler draws from the global RNG, whose state is not in the
+    checkpoint).
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the permutation of ``epoch``."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+
+def _batched_collate(batch):
+    """Collate for :class:`CachedFeatureDataset`: ``__getitems__`` already returned a stacked batch."""
+    return batch
+
+
+# ------------------------------------------------------------------------------------------- datamodule
+
+
+class UTKFaceDataModule(pl.LightningDataModule):
+    """UTKFace as five age groups, split 90 % train / 10 % test, with 10 % of train held out for validation.
+
+    Args:
+        data_dir: a folder of UTKFace images or the official ``UTKFace.tar.gz`` (extracted once).
+        batch_size: batch size per process.
+        image_size: images are resized to ``image_size x image_size`` (224 in the notebook).
+        seed: seeds the split, so the same seed gives the same test set.
+        num_workers: DataLoader worker processes that decode images (not used with cached features).
+        cache_dir: where archives are extracted (default ``~/.cache/age-group-classifier``).
+        split_file: a ``split.json`` from an earlier run; its val/test images are used instead of a new split.
+        strict_data: raise an error instead of skipping unusable files.
+    """
+
+    def __init__(
+        self,
+        data_dir: Optional[os.PathLike] = None,
+        batch_size: int = 32,
+        image_size: int = 224,
+        seed: int = 42,
+        num_workers: int = 2,
+        cache_dir: Optional[os.PathLike] = None,
+        split_file: Optional[os.PathLike] = None,
+        strict_data: bool = False,
+        test_fraction: float = 0.1,
+        val_fraction: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.data_dir = data_dir
+        self.batch_size = batch_size
+        self.image_size = image_size
+        self.seed = seed
+        self.num_workers = num_workers
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
+        self.split_file = Path(split_file) if split_file else None
+        self.strict_data = strict_data
+        self.test_fraction = test_fraction
+        self.val_fraction = val_fraction
+        self.feature_cache_builder = None
+        self.root: Optional[Path] = None
+        self.scan: Optional[ScanResult] = None
+        self.split: Optional[Dict[str, np.ndarray]] = None
+        self.feature_cache = None
+        self.datasets: Dict[str, Dataset] = {}
+
+    # -- configuration ---------------------------------------------------------------------------------------
+    def use_feature_cache(self, builder) -> None:
+        """Serve cached conv-base features instead of images (``builder`` is a :class:`FeatureCacheBuilder`)."""
+        self.feature_cache_builder = builder
+
+    # -- lightning hooks -------------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Extract the archive (once per node, before the other processes look at it)."""
+        resolve_data_dir(self.data_dir, self.cache_dir)
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        """Scan, validate and split the images; build or open the feature cache if one is used."""
+        if self.split is not None:
+            return
+        self.root = resolve_data_dir(self.data_dir, self.cache_dir)
+        self.scan = scan_utkface(self.root)
+        self._report_skipped()
+        if not self.scan.items:
+            raise UserError(
+                f"no UTKFace images in {self.root}: expected files named like 25_0_1_20170116174525125.jpg.chip.jpg"
+            )
+        groups = [item.group for item in self.scan.items]
+        self.split = self._load_split() if self.split_file else stratified_split(
+            groups, self.seed, self.test_fraction, self.val_fraction
+        )
+        for name in ("train", "val", "test"):
+            if len(self.split[name]) == 0:
+                raise UserError(
+                    f"too few images to split: {len(self.scan.items)} usable in {self.root} leave the {name} split "
+                    f"empty; use at least 20 images"
+                )
+        if self.feature_cache_builder is not None:
+            device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+            self.feature_cache = self.feature_cache_builder.build(self.root, self.scan.items, device=device)
+        for name, indices in self.split.items():
+            self.datasets[name] = self._make_dataset(indices)
+
+    def _make_dataset(self, indices: np.ndarray) -> Dataset:
+        items = [self.scan.items[i] for i in indices]
+        if self.feature_cache is not None:
+            return CachedFeatureDataset(self.feature_cache, indices, [item.group for item in items])
+        return FaceImageDataset(self.root, items, self.image_size)
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        dataset = self.datasets[name]
+        sampler = EpochShuffleSampler(len(dataset), self.seed) if shuffle else None
+        if isinstance(dataset, CachedFeatureDataset):
+            # Reading a batch from the memory map costs far less than starting worker processes.
+            return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, collate_fn=_batched_collate)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    # -- split bookkeeping -----------------------------------------------------------------------------------
+    def split_items(self, name: str) -> List[FaceItem]:
+        """The items of split ``name`` (``train``, ``val`` or ``test``)."""
+        return [self.scan.items[i] for i in self.split[name]]
+
+    def class_counts(self) -> Dict[str, List[int]]:
+        """Images per age group in each split."""
+        counts = {}
+        for name in ("train", "val", "test"):
+            tally = Counter(item.group for item in self.split_items(name))
+            counts[name] = [tally.get(group, 0) for group in range(NUM_CLASSES)]
+        return counts
+
+    def save_split(self, path: os.PathLike) -> Path:
+        """Write the val/test file names (and the seed and counts) so a later test uses the same images."""
+        path = Path(path)
+        payload = {
+            "seed": self.seed,
+            "groups": list(GROUP_LABELS),
+            "counts": self.class_counts(),
+            "val": [item.relpath for item in self.split_items("val")],
+            "test": [item.relpath for item in self.split_items("test")],
+        }
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(payload, indent=1))
+        os.replace(tmp, path)
+        return path
+
+    def save_skipped(self, path: os.PathLike) -> Optional[Path]:
+        """Write every skipped file with its reason, one per line (nothing if none were skipped)."""
+        if not self.scan or not self.scan.skipped:
+            return None
+        path = Path(path)
+        path.write_text("".join(f"{name}\t{reason}\n" for name, reason in self.scan.skipped))
+        return path
+
+    def _load_split(self) -> Dict[str, np.ndarray]:
+        try:
+            payload = json.loads(self.split_file.read_text())
+            names = {"val": payload["val"], "test": payload["test"]}
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise UserError(f"cannot read split file {self.split_file} ({err}); pass the split.json of the run") from None
+        index = {item.relpath: i for i, item in enumerate(self.scan.items)}
+        split: Dict[str, np.ndarray] = {}
+        for name, relpaths in names.items():
+            missing = [p for p in relpaths if p not in index]
+            if missing:
+                raise UserError(
+                    f"{len(missing)} {name} images of {self.split_file} are not in {self.root} (first: {missing[0]}); "
+                    f"pass the same --data_dir the run was trained on"
+                )
+            split[name] = np.sort(np.array([index[p] for p in relpaths], dtype=np.int64))
+        held_out = set(split["val"].tolist()) | set(split["test"].tolist())
+        split["train"] = np.array([i for i in range(len(self.scan.items)) if i not in held_out], dtype=np.int64)
+        return split
+
+    def _report_skipped(self) -> None:
+        if not self.scan.skipped:
+            return
+        if self.strict_data:
+            raise UserError(f"--strict_data: {self.scan.skipped_summary()}")
+        log.warning("UTKFace: %s (full list in %s of the run folder)", self.scan.skipped_summary(), SKIPPED_FILE_NAME)

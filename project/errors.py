@@ -1,0 +1,47 @@
+"""User-facing errors: one line that says what is wrong and how to fix it, exit code 2.
+
+Code deep inside the project raises :class:`UserError` for problems the user can fix (bad flags, a wrong
+folder, a missing weights file). The command-line entry points wrap their work in :func:`exit_on_user_error`,
+which prints the message as one line on stderr and exits with code 2 instead of showing a traceback.
+Set ``AGE_CLASSIFIER_DEBUG=1`` (or pass ``--debug``) to see the full traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+DEBUG_ENV = "AGE_CLASSIFIER_DEBUG"
+USAGE_EXIT_CODE = 2
+
+
+class UserError(Exception):
+    """A problem with the user's input or environment, explained in one line."""
+
+
+def debug_enabled() -> bool:
+    """True when the user asked for full tracebacks."""
+    return os.environ.get(DEBUG_ENV, "").strip() not in ("", "0", "false", "False")
+
+
+@contextmanager
+def exit_on_user_error(program: str) -> Iterator[None]:
+    """Turn :class:`UserError` (and a few environment errors) into ``program: error: ...`` and exit code 2."""
+    try:
+        yield
+    except UserError as err:
+        if debug_enabled():
+            raise
+        message = " ".join(str(err).split())  # exactly one line
+        print(f"{program}: error: {message}", file=sys.stderr)
+        raise SystemExit(USAGE_EXIT_CODE) from None
+    except OSError as err:
+        if debug_enabled():
+            raise
+        # Disk full, permission denied, read-only folder: the user can fix these, a traceback does not help.
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        print(f"{program}: error: {err.strerror or err}{where}; check the path, free space and permissions "
+              f"(set {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
+        raise SystemExit(USAGE_EXIT_CODE) from None

@@ -1,0 +1,245 @@
+"""Frozen-feature cache: run the frozen VGG16 conv base once per dataset and keep its output on disk.
+
+With a frozen backbone and no random augmentation every epoch would recompute exactly the same features, which is
+over an hour per UTKFace epoch on a laptop CPU. The cache stores them once as a memory-mapped ``.npy`` file whose
+name is a hash of everything that determines them: the file list (names and sizes), the image size, the
+preprocessing, the backbone's weights (hashed tensors, not a file name) and the dtype. A different input gives a
+different key, so a stale or foreign cache is never used.
+
+Crash safety: rows are written into ``*.partial.npy`` and a progress file records how many rows are flushed; a
+killed build resumes from there, and only a complete file is renamed to its final name. An exclusive file lock
+makes concurrent processes (DDP ranks, two runs) wait for one builder instead of writing the same file twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from project.models.backbone import FrozenVGG16Features, feature_shape
+from project.precision import autocast_dtype
+from project.transforms import PREPROCESSING_VERSION
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT_VERSION = 1
+#: numpy has no bfloat16: bf16 features are stored as their raw 16-bit patterns and viewed back with torch.
+_STORAGE = {"32-true": ("float32", np.float32), "bf16-mixed": ("bfloat16", np.int16), "16-mixed": ("float16", np.float16)}
+_FLUSH_EVERY_S = 20.0
+
+
+class FeatureCache:
+    """A finished cache opened as a read-only memory map; :meth:`read` returns float32 rows."""
+
+    def __init__(self, path: Path, dtype_name: str) -> None:
+        self.path = Path(path)
+        self.dtype_name = dtype_name
+        self.array = np.load(self.path, mmap_mode="r")
+
+    def __len__(self) -> int:
+        return self.array.shape[0]
+
+    def read(self, rows: np.ndarray) -> torch.Tensor:
+        """Rows ``rows`` as a float32 tensor ``len(rows) x C x H x W``."""
+        block = torch.from_numpy(np.ascontiguousarray(self.array[np.asarray(rows)]))
+        if self.dtype_name == "bfloat16":
+            block = block.view(torch.bfloat16)
+        return block.float()
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (processes on one machine wait for each other)."""
+    with open(path, "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _write_json_atomic(path: Path, payload: dict) -> None:
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=1))
+    os.replace(tmp, path)
+
+
+class FeatureCacheBuilder:
+    """Builds (or finds) the feature cache for a list of images.
+
+    Args:
+        backbone: the frozen conv base whose output is cached.
+        image_size: the preprocessing size.
+        precision: a resolved precision (``32-true``, ``bf16-mixed``, ``16-mixed``); the features are computed under
+            that autocast and stored in that dtype.
+        cache_dir: folder of cache files.
+        batch_size, num_workers: extraction batch size and image-decoding worker processes.
+    """
+
+    def __init__(
+        self,
+        backbone: FrozenVGG16Features,
+        image_size: int,
+        precision: str,
+        cache_dir: os.PathLike,
+        batch_size: int = 32,
+        num_workers: int = 2,
+        progress: bool = True,
+    ) -> None:
+        if precision not in _STORAGE:
+            raise ValueError(f"unsupported feature precision {precision!r}")
+        self.backbone = backbone
+        self.image_size = image_size
+        self.precision = precision
+        self.cache_dir = Path(cache_dir)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.progress = progress
+        self.last_build_stats: Optional[dict] = None
+
+    # -- identity --------------------------------------------------------------------------------------------
+    def key(self, root: Path, relpaths: Sequence[str]) -> str:
+        """The cache key: a hash of the file list (names + sizes), size, preprocessing, weights and dtype."""
+        files = hashlib.sha256()
+        for relpath in relpaths:
+            files.update(f"{relpath}\0{(Path(root) / relpath).stat().st_size}\n".encode())
+        identity = {
+            "format": CACHE_FORMAT_VERSION,
+            "files": files.hexdigest(),
+            "count": len(relpaths),
+            "image_size": self.image_size,
+            "preprocessing": PREPROCESSING_VERSION,
+            "backbone": self.backbone.digest(),
+            "dtype": _STORAGE[self.precision][0],
+        }
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
+
+    def paths(self, key: str) -> dict:
+        stem = self.cache_dir / f"vgg16-features-{key}"
+        return {
+            "final": stem.with_suffix(".npy"),
+            "meta": stem.with_suffix(".json"),
+            "partial": Path(f"{stem}.partial.npy"),
+            "progress": Path(f"{stem}.progress.json"),
+            "lock": Path(f"{stem}.lock"),
+        }
+
+    # -- build / open ----------------------------------------------------------------------------------------
+    def build(self, root: Path, items: Sequence, device: torch.device = torch.device("cpu")) -> FeatureCache:
+        """Open the cache for ``items`` (objects with ``.relpath``), computing whatever is missing first."""
+        relpaths = [item.relpath for item in items]
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        key = self.key(root, relpaths)
+        paths = self.paths(key)
+        shape = (len(relpaths),) + feature_shape(self.image_size)
+        dtype_name, np_dtype = _STORAGE[self.precision]
+        with _exclusive_lock(paths["lock"]):
+            cache = self._open_if_complete(paths["final"], shape, np.dtype(np_dtype), dtype_name)
+            if cache is not None:
+                log.info("Using cached VGG16 features %s", paths["final"])
+                return cache
+            self._extract(root, items, paths, shape, np.dtype(np_dtype), device)
+            _write_json_atomic(paths["meta"], {
+                "key": key, "shape": list(shape), "dtype": dtype_name, "image_size": self.image_size,
+                "precision": self.precision, "preprocessing": PREPROCESSING_VERSION,
+                "backbone_digest": self.backbone.digest(), "stats": self.last_build_stats,
+            })
+            os.replace(paths["partial"], paths["final"])
+            paths["progress"].unlink(missing_ok=True)
+            return FeatureCache(paths["final"], dtype_name)
+
+    @staticmethod
+    def _open_if_complete(path: Path, shape: tuple, dtype: np.dtype, dtype_name: str) -> Optional[FeatureCache]:
+        if not path.exists():
+            return None
+        try:
+            cache = FeatureCache(path, dtype_name)
+        except (ValueError, OSError) as err:  # truncated or damaged: rebuild
+            log.warning("Feature cache %s is damaged (%s); rebuilding it", path, err)
+            path.unlink(missing_ok=True)
+            return None
+        if cache.array.shape != shape or cache.array.dtype != dtype:
+            log.warning("Feature cache %s has shape %s, expected %s; rebuilding it", path, cache.array.shape, shape)
+            del cache
+            path.unlink(missing_ok=True)
+            return None
+        return cache
+
+    def _resume_point(self, paths: dict, shape: tuple, dtype: np.dtype) -> int:
+        """Rows already flushed by a killed build of the same key (0 if there is nothing usable)."""
+        try:
+            done = int(json.loads(paths["progress"].read_text())["rows_done"])
+            header = np.load(paths["partial"], mmap_mode="r")
+            if header.shape == shape and header.dtype == dtype and 0 <= done <= shape[0]:
+                return done
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return 0
+
+    def _extract(self, root: Path, items: Sequence, paths: dict, shape: tuple, dtype: np.dtype,
+                 device: torch.device) -> None:
+        # Imported here: the dataset module imports this one for type names only at run time.
+        from project.datasets.utkface import FaceImageDataset
+
+        start = self._resume_point(paths, shape, dtype)
+        if start:
+            out = np.lib.format.open_memmap(paths["partial"], mode="r+")
+            log.warning("Resuming an interrupted feature extraction at image %d of %d", start, shape[0])
+        else:
+            paths["progress"].unlink(missing_ok=True)
+            out = np.lib.format.open_memmap(paths["partial"], mode="w+", dtype=dtype, shape=shape)
+        dataset = FaceImageDataset(root, list(items)[start:], self.image_size)
+        loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
+                            pin_memory=device.type == "cuda")
+        amp_dtype = autocast_dtype(self.precision)
+        original_device = next(self.backbone.parameters()).device
+        backbone = self.backbone.to(device)
+        row, last_flush, began = start, time.monotonic(), time.monotonic()
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=shape[0], initial=start, unit="img", desc="Caching VGG16 features",
+                   disable=not self.progress, mininterval=1.0 if sys.stderr.isatty() else 30.0)
+        try:
+            with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype or torch.float32,
+                                                        enabled=amp_dtype is not None):
+                for images, _ in loader:
+                    features = backbone(images.to(device, non_blocking=True))
+                    out[row:row + len(images)] = self._to_storage(features)
+                    row += len(images)
+                    bar.update(len(images))
+                    if time.monotonic() - last_flush > _FLUSH_EVERY_S:
+                        out.flush()
+                        _write_json_atomic(paths["progress"], {"rows_done": row})
+                        last_flush = time.monotonic()
+            out.flush()
+        finally:
+            bar.close()
+            self.backbone.to(original_device)
+            del out
+        elapsed = time.monotonic() - began
+        self.last_build_stats = {
+            "images": row - start, "seconds": round(elapsed, 2),
+            "images_per_second": round((row - start) / elapsed, 2) if elapsed > 0 else None,
+            "device": str(device), "precision": self.precision,
+        }
+        log.info("Cached features of %d images in %.1f s", row - start, elapsed)
+
+    def _to_storage(self, features: torch.Tensor) -> np.ndarray:
+        features = features.detach()
+        if self.precision == "bf16-mixed":
+            return features.to(torch.bfloat16).contiguous().view(torch.int16).cpu().numpy()
+        if self.precision == "16-mixed":
+            return features.to(torch.float16).contiguous().cpu().numpy()
+        return features.float().contiguous().cpu().numpy()

@@ -1,0 +1,145 @@
+"""The frozen VGG16 convolutional base and where its weights come from.
+
+``weights`` is one of:
+
+* ``"imagenet"`` - torchvision's ImageNet weights (downloaded once into the torch hub cache);
+* a path to a state dict of ``torchvision.models.vgg16().features`` (keys ``0.weight`` ... ``28.bias``) or of a
+  whole ``vgg16()`` (keys ``features.0.weight`` ...), loaded with ``weights_only=True`` so no code can run;
+* ``"none"`` - random initialisation, for tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import urllib.error
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+from torch import nn
+from torchvision.models import VGG16_Weights, vgg16
+
+from project.errors import UserError
+
+#: Output channels of VGG16's conv base; cached features are recognised by this channel count.
+FEATURE_CHANNELS = 512
+#: The five max-pool layers halve the size five times, so images smaller than 32 px give an empty map.
+MIN_IMAGE_SIZE = 32
+BACKBONE_PARAMS = 14_714_688
+
+
+def feature_map_size(image_size: int) -> int:
+    """Height (= width) of the conv-base output for a square ``image_size`` input (7 at 224 px)."""
+    size = image_size
+    for _ in range(5):
+        size //= 2
+    return size
+
+
+def feature_shape(image_size: int) -> tuple:
+    """Shape ``(C, H, W)`` of the conv-base output for one image."""
+    side = feature_map_size(image_size)
+    return (FEATURE_CHANNELS, side, side)
+
+
+class FrozenVGG16Features(nn.Module):
+    """VGG16's conv base with every parameter frozen and the module pinned to eval mode.
+
+    ``train()`` is a no-op for this module, so Lightning switching the LightningModule to training mode cannot
+    change it (VGG16 has no dropout or batch norm in the conv base, but a frozen part should never be in train mode).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = vgg16(weights=None).features
+        for param in self.layers.parameters():
+            param.requires_grad_(False)
+        self.layers.eval()
+
+    def train(self, mode: bool = True) -> "FrozenVGG16Features":  # noqa: D102 - see class docstring
+        return super().train(False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Images ``N x 3 x S x S`` (ImageNet-normalised RGB) -> features ``N x 512 x S/32 x S/32``."""
+        return self.layers(images.contiguous(memory_format=torch.channels_last))
+
+    def digest(self) -> str:
+        """A hash of the weights themselves (not of a file name): part of the feature-cache key."""
+        sha = hashlib.sha256()
+        for name, tensor in self.layers.state_dict().items():
+            sha.update(name.encode())
+            sha.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return sha.hexdigest()[:16]
+
+
+def _safe_torch_load(path: Path) -> object:
+    """``torch.load`` that never runs code from the file (``weights_only=True``), with one-line errors."""
+    if not path.is_file():
+        raise UserError(f"backbone weights file not found: {path} (use --backbone_weights imagenet|PATH|none)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else "unsupported content"
+        raise UserError(
+            f"refusing to load {path}: it is not a plain tensor state dict (weights_only load failed: {first[:160]})"
+        ) from None
+    except (RuntimeError, EOFError, ValueError) as err:
+        raise UserError(f"cannot read {path} as PyTorch weights ({str(err).splitlines()[0][:160]})") from None
+
+
+def _features_state_dict(raw: object, source: str) -> Dict[str, torch.Tensor]:
+    """Accept a ``vgg16().features`` or whole ``vgg16()`` state dict and return the conv-base part."""
+    if isinstance(raw, dict) and "state_dict" in raw and isinstance(raw["state_dict"], dict):
+        raw = raw["state_dict"]
+    if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+        raise UserError(f"{source} is not a state dict of tensors; expected vgg16().features.state_dict()")
+    if any(k.startswith("features.") for k in raw):
+        raw = {k[len("features."):]: v for k, v in raw.items() if k.startswith("features.")}
+    expected = vgg16(weights=None).features.state_dict()
+    missing = sorted(set(expected) - set(raw))
+    unexpected = sorted(set(raw) - set(expected))
+    if missing or unexpected:
+        raise UserError(
+            f"{source} is not a VGG16 conv-base state dict (missing keys {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    for key, tensor in expected.items():
+        if raw[key].shape != tensor.shape:
+            raise UserError(
+                f"{source}: {key} has shape {tuple(raw[key].shape)}, VGG16 needs {tuple(tensor.shape)}"
+            )
+    return {k: v.float() for k, v in raw.items()}
+
+
+def load_imagenet_state_dict() -> Dict[str, torch.Tensor]:
+    """torchvision's ImageNet VGG16 weights from the torch hub cache, downloading them if needed."""
+    try:
+        raw = torch.hub.load_state_dict_from_url(
+            VGG16_Weights.IMAGENET1K_V1.url, progress=True, map_location="cpu", weights_only=True
+        )
+    except (urllib.error.URLError, OSError, ConnectionError) as err:
+        reason = getattr(err, "reason", err)
+        raise UserError(
+            f"cannot download torchvision's VGG16 ImageNet weights ({reason}); offline, pass a local copy with "
+            f"--backbone_weights PATH (a vgg16().features or vgg16() state dict)"
+        ) from None
+    return _features_state_dict(raw, "torchvision's VGG16 weights")
+
+
+def load_backbone_state_dict(weights: str) -> Optional[Dict[str, torch.Tensor]]:
+    """Resolve ``weights`` (``imagenet``, ``none`` or a path) to a conv-base state dict (``None`` for ``none``)."""
+    if weights == "none":
+        return None
+    if weights == "imagenet":
+        return load_imagenet_state_dict()
+    path = Path(weights).expanduser()
+    return _features_state_dict(_safe_torch_load(path), str(path))
+
+
+def build_backbone(weights: str = "imagenet") -> FrozenVGG16Features:
+    """A frozen VGG16 conv base with ``weights`` (see module docstring)."""
+    backbone = FrozenVGG16Features()
+    state = load_backbone_state_dict(weights)
+    if state is not None:
+        backbone.layers.load_state_dict(state)
+    return backbone

@@ -1,0 +1,46 @@
+"""The trainable classification head of the notebook, as a plain ``nn.Module``."""
+
+from __future__ import annotations
+
+from typing import Iterable, List, Sequence
+
+import torch
+from torch import nn
+
+from project.age_groups import NUM_CLASSES
+
+
+class AgeGroupHead(nn.Module):
+    """Flatten -> [Linear + ReLU + Dropout] per hidden size -> Linear(num_classes).
+
+    With the defaults (hidden 1000 and 256, dropout 0.5) and 7x7x512 features this is the Keras notebook's head:
+    25,346,541 parameters. The Keras ``l2(0.001)`` kernel regularisers apply to the hidden layers' weights only;
+    :meth:`regularized_weights` names them so the optimizer can give just those tensors weight decay.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_sizes: Sequence[int] = (1000, 256),
+        dropout: float = 0.5,
+        num_classes: int = NUM_CLASSES,
+    ) -> None:
+        super().__init__()
+        layers: List[nn.Module] = [nn.Flatten()]
+        self.hidden: List[nn.Linear] = []
+        width = in_features
+        for size in hidden_sizes:
+            linear = nn.Linear(width, size)
+            self.hidden.append(linear)
+            layers += [linear, nn.ReLU(inplace=True), nn.Dropout(dropout)]
+            width = size
+        layers.append(nn.Linear(width, num_classes))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Features ``N x C x H x W`` (or already flat ``N x D``) -> logits ``N x num_classes``."""
+        return self.layers(features)
+
+    def regularized_weights(self) -> Iterable[nn.Parameter]:
+        """The hidden layers' weight matrices: the tensors Keras' ``l2`` regulariser applied to."""
+        return [layer.weight for layer in self.hidden]

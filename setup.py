@@ -1,0 +1,32 @@
+#!/usr/bin/env python
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+here = Path(__file__).parent
+requirements = [
+    line.strip()
+    for line in (here / "requirements.txt").read_text().splitlines()
+    if line.strip() and not line.startswith("#")
+]
+
+setup(
+    name="age-group-classifier",
+    version="0.1.0",
+    description="UTKFace age-group classification with a frozen VGG16 and PyTorch Lightning",
+    long_description=(here / "README.md").read_text() if (here / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["project", "project.*"]),
+    install_requires=requirements,
+    extras_require={
+        "faces": ["opencv-python-headless>=4.8,<5"],  # OpenCV 5 ships no Haar face cascade
+        "test": ["pytest>=7.4"],
+    },
+    entry_points={
+        "console_scripts": [
+            "age-classifier-train=project.lit_classifier_main:cli_main",
+            "age-classifier-predict=project.predict:main",
+        ]
+    },
+)
