@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import signal
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -109,6 +110,17 @@ def _parse_devices(value: str):
     raise UserError(f"--devices {value!r} is not a number, a comma-separated list or auto")
 
 
+def _check_writable(folder: Path) -> None:
+    """Fail before any work if run files could not be written (rather than after an hour of training)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise UserError(f"cannot write to --default_root_dir {folder} ({err.strerror or err}); choose a writable "
+                        f"folder") from None
+
+
 def validate_args(args: argparse.Namespace) -> None:
     """Check every flag before any work starts; raise :class:`UserError` with a one-line fix."""
     positive = {"batch_size": args.batch_size, "max_epochs": args.max_epochs, "num_nodes": args.num_nodes}
@@ -151,6 +163,7 @@ def validate_args(args: argparse.Namespace) -> None:
     if weights not in ("imagenet", "none") and not Path(weights).expanduser().is_file():
         raise UserError(f"--backbone_weights {weights}: no such file (use imagenet, none or a path to a "
                         f"vgg16().features state dict)")
+    _check_writable(Path(args.default_root_dir))
     args.precision = resolve_precision(args.precision, device_type)
     args.device_type = device_type
 
@@ -184,18 +197,18 @@ class KillAt(Callback):
 class RunFiles(Callback):
     """Writes the split, the skipped-file list and the run's configuration into the run folder (rank 0 only)."""
 
-    def __init__(self, run_dir: Path, config: Dict) -> None:
-        self.run_dir = run_dir
+    def __init__(self, config: Dict) -> None:
         self.config = config
 
     def on_fit_start(self, trainer, pl_module) -> None:
+        run_dir = Path(trainer.log_dir)  # a collective call under DDP: every rank must make it
         if not trainer.is_global_zero:
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
         datamodule = trainer.datamodule
-        datamodule.save_split(self.run_dir / SPLIT_FILE_NAME)
-        datamodule.save_skipped(self.run_dir / SKIPPED_FILE_NAME)
-        (self.run_dir / CONFIG_FILE_NAME).write_text(json.dumps(self.config, indent=1, default=str))
+        datamodule.save_split(run_dir / SPLIT_FILE_NAME)
+        datamodule.save_skipped(run_dir / SKIPPED_FILE_NAME)
+        _write_json(run_dir / CONFIG_FILE_NAME, json.loads(json.dumps(self.config, default=str)))
 
 
 def build_datamodule(args: argparse.Namespace, model: LitClassifier, split_file: Optional[Path]) -> UTKFaceDataModule:
@@ -290,25 +303,25 @@ def run_fit(args: argparse.Namespace) -> Dict:
         image_size=args.image_size, backbone_weights=args.backbone_weights, lr=args.lr, weight_decay=args.weight_decay
     )
     logger = CSVLogger(save_dir=str(root), name="lightning_logs", version=version)
-    run_dir = Path(logger.log_dir)
     split_file = Path(args.split_file) if args.split_file else None
-    if resume_from is not None and split_file is None and (run_dir / SPLIT_FILE_NAME).is_file():
-        split_file = run_dir / SPLIT_FILE_NAME
+    if resume_from is not None and split_file is None:
+        previous_split = resume_from.parent.parent / SPLIT_FILE_NAME
+        split_file = previous_split if previous_split.is_file() else None
     datamodule = build_datamodule(args, model, split_file)
+    # No dirpath: Lightning puts checkpoints in the logger's run folder, decided on rank 0 and broadcast (DDP-safe).
     checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", monitor="val_acc", mode="max",
-        filename="best-epoch={epoch:02d}-val_acc={val_acc:.4f}", auto_insert_metric_name=False,
+        monitor="val_acc", mode="max", filename="best-epoch={epoch:02d}-val_acc={val_acc:.4f}",
+        auto_insert_metric_name=False,
     )
     # Lightning >= 2.5 refreshes ``save_last`` only when the best checkpoint changed; resuming needs the state of
     # every epoch, so a second callback (after the best one, to carry its state) rewrites last.ckpt each epoch.
-    last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
-                           enable_version_counter=False)
+    last = ModelCheckpoint(filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
     callbacks = [
         checkpoint,
         last,
         EarlyStopping(monitor="val_loss", mode="min", patience=args.patience),
         EpochSeeding(args.seed),
-        RunFiles(run_dir, {k: v for k, v in vars(args).items()}),
+        RunFiles(vars(args)),
     ]
     if args.kill_at:
         callbacks.append(KillAt(args.kill_at))
@@ -328,6 +341,7 @@ def run_fit(args: argparse.Namespace) -> Dict:
         "feature_cache": str(datamodule.feature_cache.path) if datamodule.feature_cache else None,
         "wall_time_s": round(time.time() - started, 1),
     })
+    run_dir = Path(trainer.log_dir)  # a collective call under DDP: every rank must make it
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_json(run_dir / METRICS_FILE_NAME, payload)

@@ -123,3 +123,44 @@ def test_missing_data_dir_is_one_line(capsys, tmp_path):
         main(["--default_root_dir", str(tmp_path)])
     assert exit_info.value.code == 2
     assert "--data_dir" in capsys.readouterr().err
+
+
+def test_unwritable_output_folder_fails_before_any_work(cli_args, capsys, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(SystemExit) as exit_info:
+        main(cli_args["base"] + ["--default_root_dir", str(blocker / "runs")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot write to --default_root_dir" in err and len(err.splitlines()) == 1
+
+
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(cli_args, capsys, tmp_path, monkeypatch):
+    """The 2nd epoch's checkpoint write fails with ENOSPC: one-line error, epoch 1's last.ckpt still loads."""
+    import errno
+
+    import torch
+    from fsspec.implementations.local import LocalFileOpener
+
+    from project.lit_classifier_main import LitClassifier
+
+    real_write = LocalFileOpener.write
+    calls = {"n": 0}
+
+    def failing_write(self, data):
+        if str(self.path).endswith(".ckpt"):
+            calls["n"] += 1
+            if calls["n"] > 2:  # epoch 0 writes best + last; everything after that fails
+                raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
+        return real_write(self, data)
+
+    monkeypatch.setattr(LocalFileOpener, "write", failing_write)
+    with pytest.raises(SystemExit) as exit_info:
+        main(cli_args["base"] + ["--max_epochs", "3"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "No space left on device" in err[-1] and "Traceback" not in "\n".join(err)
+    last = run_dir(tmp_path) / "checkpoints" / "last.ckpt"
+    state = torch.load(last, weights_only=True, map_location="cpu")
+    assert state["epoch"] == 0
+    LitClassifier.load_from_checkpoint(last)

@@ -23,6 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pytorch_lightning as pl
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -428,7 +429,7 @@ class UTKFaceDataModule(pl.LightningDataModule):
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         dataset = self.datasets[name]
-        sampler = EpochShuffleSampler(len(dataset), self.seed) if shuffle else None
+        sampler = EpochShuffleSampler(len(dataset), self.seed) if shuffle else self._evaluation_sampler(dataset)
         if isinstance(dataset, CachedFeatureDataset):
             # Reading a batch from the memory map costs far less than starting worker processes.
             return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, collate_fn=_batched_collate)
@@ -440,6 +441,18 @@ class UTKFaceDataModule(pl.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
+
+    def _evaluation_sampler(self, dataset: Dataset) -> Optional[Sampler]:
+        """Under DDP: each process gets a disjoint share of val/test, none padded or repeated.
+
+        Lightning's default DistributedSampler pads the last batch with duplicates, which would make test accuracy
+        under DDP differ from single-process accuracy; torchmetrics then combines the exact per-process counts.
+        """
+        trainer = self.trainer
+        if trainer is None or trainer.world_size <= 1:
+            return None
+        return UnrepeatedDistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank,
+                                            shuffle=False)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
