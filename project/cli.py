@@ -24,12 +24,13 @@ from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
 from project.datasets.utkface import SKIPPED_FILE_NAME, SPLIT_FILE_NAME, UTKFaceDataModule, default_cache_dir
-from project.errors import DEBUG_ENV, UserError, exit_on_user_error
+from project.errors import DEBUG_ENV, OneLineArgumentParser, UserError, exit_on_user_error
 from project.features import FeatureCacheBuilder
-from project.lit_classifier_main import LitClassifier
+from project.lit_classifier_main import LitClassifier, load_classifier
 from project.models.backbone import MIN_IMAGE_SIZE
 from project.precision import CHOICES as PRECISION_CHOICES
 from project.precision import device_type_for, resolve_precision
+from project.runtime import keep_freed_memory
 
 PROGRAM = "lit_classifier_main.py"
 METRICS_FILE_NAME = "test_metrics.json"
@@ -37,16 +38,9 @@ CONFIG_FILE_NAME = "run_config.json"
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
 
 
-class OneLineErrorParser(argparse.ArgumentParser):
-    """argparse, but a bad flag is reported in one line (no usage block) with exit code 2."""
-
-    def error(self, message: str):  # noqa: D102 - argparse API
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def get_args_parser() -> argparse.ArgumentParser:
     """All flags, with Lightning-like names."""
-    parser = OneLineErrorParser(
+    parser = OneLineArgumentParser(
         prog=PROGRAM,
         description="Train (and test) a frozen-VGG16 age-group classifier on UTKFace, or re-test a checkpoint.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -171,6 +165,13 @@ def validate_args(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------------ building blocks
 
 
+def run_folder(trainer: pl.Trainer) -> Path:
+    """The run's folder (``lightning_logs/version_N``; ``default_root_dir`` when logging is off, as in
+    ``--fast_dev_run``). ``trainer.log_dir`` is a collective call under DDP: every rank must make it."""
+    log_dir = trainer.log_dir
+    return Path(log_dir if log_dir is not None else trainer.default_root_dir)
+
+
 class EpochSeeding(Callback):
     """Reseed every epoch from (seed, epoch): a run resumed from an epoch's checkpoint then draws exactly the
     same shuffles and dropout masks as an uninterrupted run."""
@@ -201,7 +202,7 @@ class RunFiles(Callback):
         self.config = config
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        run_dir = Path(trainer.log_dir)  # a collective call under DDP: every rank must make it
+        run_dir = run_folder(trainer)
         if not trainer.is_global_zero:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -246,9 +247,16 @@ def build_trainer(args: argparse.Namespace, callbacks: List[Callback], logger) -
         logger=logger,
         deterministic=args.device_type == "cpu",
         fast_dev_run=args.fast_dev_run,
-        limit_train_batches=args.limit_train_batches if args.limit_train_batches != 1.0 else None,
+        limit_train_batches=_batches_or_fraction(args.limit_train_batches),
         log_every_n_steps=10,
     )
+
+
+def _batches_or_fraction(value: float):
+    """Lightning reads a float as a fraction of the batches and an int as a count: ``10`` means 10 batches."""
+    if value == 1.0:
+        return None
+    return int(value) if value > 1 and float(value).is_integer() else value
 
 
 def _latest_last_checkpoint(root: Path) -> Optional[Path]:
@@ -259,7 +267,7 @@ def _latest_last_checkpoint(root: Path) -> Optional[Path]:
     return candidates[-1] if candidates else None
 
 
-def _metrics_payload(trainer: pl.Trainer, model: LitClassifier, results: Dict, extra: Dict) -> Dict:
+def _metrics_payload(model: LitClassifier, results: Dict, extra: Dict) -> Dict:
     payload = {key: float(value) for key, value in results.items()}
     payload.update(model.test_results)
     payload.update(extra)
@@ -331,7 +339,7 @@ def run_fit(args: argparse.Namespace) -> Dict:
     best = checkpoint.best_model_path or None
     results = trainer.test(model, datamodule=datamodule, ckpt_path=best if best else None,
                            weights_only=True if best else None, verbose=True)[0]
-    payload = _metrics_payload(trainer, model, results, {
+    payload = _metrics_payload(model, results, {
         "checkpoint": best or "(fast_dev_run: no checkpoint)",
         "best_val_acc": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
         "epochs_trained": trainer.current_epoch,
@@ -341,7 +349,7 @@ def run_fit(args: argparse.Namespace) -> Dict:
         "feature_cache": str(datamodule.feature_cache.path) if datamodule.feature_cache else None,
         "wall_time_s": round(time.time() - started, 1),
     })
-    run_dir = Path(trainer.log_dir)  # a collective call under DDP: every rank must make it
+    run_dir = run_folder(trainer)
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_json(run_dir / METRICS_FILE_NAME, payload)
@@ -354,13 +362,7 @@ def run_fit(args: argparse.Namespace) -> Dict:
 def run_test(args: argparse.Namespace) -> Dict:
     """Test a saved checkpoint on the test images of its run (from the run's split.json)."""
     ckpt = Path(args.ckpt_path)
-    try:
-        model = LitClassifier.load_from_checkpoint(ckpt, map_location="cpu")
-    except UserError:
-        raise
-    except Exception as err:  # not a checkpoint, or one that needs code to unpickle
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise UserError(f"cannot load checkpoint {ckpt} safely (weights_only): {first}") from None
+    model = load_classifier(ckpt, map_location="cpu")
     split_file = Path(args.split_file) if args.split_file else ckpt.resolve().parent.parent / SPLIT_FILE_NAME
     if not split_file.is_file():
         warnings.warn(f"no {SPLIT_FILE_NAME} beside the checkpoint; re-deriving the split from --seed {args.seed}")
@@ -368,7 +370,7 @@ def run_test(args: argparse.Namespace) -> Dict:
     datamodule = build_datamodule(args, model, split_file)
     trainer = build_trainer(args, callbacks=[], logger=False)
     results = trainer.test(model, datamodule=datamodule, verbose=True)[0]
-    payload = _metrics_payload(trainer, model, results, {
+    payload = _metrics_payload(model, results, {
         "checkpoint": str(ckpt), "split_file": str(split_file) if split_file else None,
         "test_images": len(datamodule.split["test"]), "precision": args.precision,
     })
@@ -380,11 +382,10 @@ def run_test(args: argparse.Namespace) -> Dict:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Parse, validate and run; user errors end as one line and exit code 2."""
     args = get_args_parser().parse_args(argv)
-    if args.debug:
-        os.environ[DEBUG_ENV] = "1"
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    with exit_on_user_error(PROGRAM):
+    with exit_on_user_error(PROGRAM, debug=args.debug):
         validate_args(args)
+        keep_freed_memory()
         if args.test_only:
             run_test(args)
         else:

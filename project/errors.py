@@ -8,6 +8,7 @@ Set ``AGE_CLASSIFIER_DEBUG=1`` (or pass ``--debug``) to see the full traceback.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from contextlib import contextmanager
@@ -27,21 +28,32 @@ def debug_enabled() -> bool:
 
 
 @contextmanager
-def exit_on_user_error(program: str) -> Iterator[None]:
-    """Turn :class:`UserError` (and a few environment errors) into ``program: error: ...`` and exit code 2."""
+def exit_on_user_error(program: str, debug: bool = False) -> Iterator[None]:
+    """Turn :class:`UserError` (and a few environment errors) into ``program: error: ...`` and exit code 2.
+
+    With ``debug`` (or ``AGE_CLASSIFIER_DEBUG=1``) the exception propagates with its full traceback.
+    """
+    debug = debug or debug_enabled()
     try:
         yield
     except UserError as err:
-        if debug_enabled():
+        if debug:
             raise
         message = " ".join(str(err).split())  # exactly one line
         print(f"{program}: error: {message}", file=sys.stderr)
         raise SystemExit(USAGE_EXIT_CODE) from None
     except OSError as err:
-        if debug_enabled():
+        if debug:
             raise
         # Disk full, permission denied, read-only folder: the user can fix these, a traceback does not help.
         where = f" ({err.filename})" if getattr(err, "filename", None) else ""
         print(f"{program}: error: {err.strerror or err}{where}; check the path, free space and permissions "
               f"(set {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
         raise SystemExit(USAGE_EXIT_CODE) from None
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is reported in one line (no usage block) with exit code 2."""
+
+    def error(self, message: str):  # noqa: D102 - argparse API
+        self.exit(USAGE_EXIT_CODE, f"{self.prog}: error: {message} (see --help)\n")

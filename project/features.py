@@ -36,7 +36,11 @@ log = logging.getLogger(__name__)
 
 CACHE_FORMAT_VERSION = 1
 #: numpy has no bfloat16: bf16 features are stored as their raw 16-bit patterns and viewed back with torch.
-_STORAGE = {"32-true": ("float32", np.float32), "bf16-mixed": ("bfloat16", np.int16), "16-mixed": ("float16", np.float16)}
+_STORAGE = {
+    "32-true": ("float32", np.float32),
+    "bf16-mixed": ("bfloat16", np.int16),
+    "16-mixed": ("float16", np.float16),
+}
 _FLUSH_EVERY_S = 20.0
 
 

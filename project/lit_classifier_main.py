@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextvars
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
@@ -170,6 +169,24 @@ class LitClassifier(pl.LightningModule):
         ]
         # The fused kernel makes the per-step update of 25 M parameters a single pass over memory.
         return torch.optim.Adam(groups, lr=self.hparams.lr, fused=True)
+
+
+def load_classifier(path, map_location=None) -> LitClassifier:
+    """:meth:`LitClassifier.load_from_checkpoint` for user-given files: any failure becomes a one-line UserError.
+
+    A missing or truncated file, something that is not a checkpoint, or a pickle that would need to run code
+    (refused by ``weights_only=True``) all end in ``cannot load checkpoint PATH ...``.
+    """
+    from project.errors import UserError
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist; pass a .ckpt written by training")
+    try:
+        return LitClassifier.load_from_checkpoint(path, map_location=map_location)
+    except Exception as err:  # noqa: BLE001 - every failure is explained in one line
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise UserError(f"cannot load checkpoint {path} safely (weights_only): {first}") from None
 
 
 def cli_main(argv: Optional[Sequence[str]] = None) -> int:

@@ -32,7 +32,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from project.age_groups import GROUP_LABELS
-from project.errors import DEBUG_ENV, UserError, exit_on_user_error
+from project.errors import DEBUG_ENV, OneLineArgumentParser, UserError, exit_on_user_error
 from project.faces import crop_face
 from project.transforms import ImageInput, build_transform, load_rgb_image
 
@@ -148,19 +148,10 @@ class AgeGroupPredictor:
     def from_checkpoint(cls, path: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu"
                         ) -> "AgeGroupPredictor":
         """Load a checkpoint written by training (safely: ``weights_only``, nothing downloaded)."""
-        from project.lit_classifier_main import LitClassifier  # deferred: Lightning is slow to import
+        from project.lit_classifier_main import load_classifier  # deferred: Lightning is slow to import
 
-        path = Path(path).expanduser()
-        if not path.is_file():
-            raise UserError(f"checkpoint {path} does not exist; pass --ckpt PATH to a .ckpt written by training")
         target = resolve_device(device)
-        try:
-            model = LitClassifier.load_from_checkpoint(path, map_location=target)
-        except UserError:
-            raise
-        except Exception as err:  # not a checkpoint, truncated, or a pickle that would need to run code
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-            raise UserError(f"cannot load checkpoint {path} safely (weights_only): {first}") from None
+        model = load_classifier(path, map_location=target)
         return cls(model, device=target)
 
     # -- prediction ------------------------------------------------------------------------------------------
@@ -371,7 +362,7 @@ def format_table(predictions: Sequence[Prediction], max_name: int = 60) -> str:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog=PROGRAM,
         description="Predict the age group (0-24, 25-49, 50-74, 75-99, 100-124) of the people in images.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -440,9 +431,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point: exit code 0, 1 if nothing could be predicted, 2 for a usage error."""
     args = get_args_parser().parse_args(argv)
-    if args.debug:
-        os.environ[DEBUG_ENV] = "1"
-    with exit_on_user_error(PROGRAM):
+    with exit_on_user_error(PROGRAM, debug=args.debug):
         return run(args)
 
 

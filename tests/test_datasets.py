@@ -13,7 +13,6 @@ from conftest import face_name, make_face_image, write_synthetic_utkface
 from project.datasets.utkface import (
     UTKFaceDataModule,
     check_image_file,
-    extract_archive,
     extraction_target,
     parse_age,
     resolve_data_dir,

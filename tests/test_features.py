@@ -3,10 +3,8 @@
 import json
 
 import numpy as np
-import pytest
 import torch
 
-from conftest import write_synthetic_utkface
 from project.datasets.utkface import FaceImageDataset, UTKFaceDataModule, scan_utkface
 from project.features import FeatureCacheBuilder
 from project.lit_classifier_main import LitClassifier

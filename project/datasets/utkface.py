@@ -504,7 +504,9 @@ class UTKFaceDataModule(pl.LightningDataModule):
             payload = json.loads(self.split_file.read_text())
             names = {"val": payload["val"], "test": payload["test"]}
         except (OSError, ValueError, KeyError, TypeError) as err:
-            raise UserError(f"cannot read split file {self.split_file} ({err}); pass the split.json of the run") from None
+            raise UserError(
+                f"cannot read split file {self.split_file} ({err}); pass the split.json of the run"
+            ) from None
         index = {item.relpath: i for i, item in enumerate(self.scan.items)}
         split: Dict[str, np.ndarray] = {}
         for name, relpaths in names.items():

@@ -1,0 +1,42 @@
+"""The benchmark scripts keep working (tiny synthetic inputs; their real numbers go into README)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_accuracy_metrics_from_a_confusion_matrix():
+    accuracy = load("accuracy")
+    run = {"confusion_matrix": [[8, 2, 0, 0, 0], [1, 8, 1, 0, 0], [0, 2, 6, 2, 0], [0, 0, 3, 1, 0], [0, 0, 0, 1, 0]],
+           "test_acc": 23 / 35, "test_f1": 0.5, "test_loss": 0.9, "epochs_trained": 7, "wall_time_s": 120,
+           "test_images": 35}
+    metrics = accuracy.derived_metrics(run)
+    assert metrics["recall 0-24"] == 0.8 and metrics["recall 75-99"] == 0.25 and metrics["recall 100-124"] == 0.0
+    assert metrics["balanced_accuracy"] == pytest.approx((0.8 + 0.8 + 0.6 + 0.25 + 0.0) / 5)
+    assert metrics["within_one_group"] == pytest.approx(35 / 35)
+    table = accuracy.markdown("notebook", [run, run], [0, 1])
+    assert "| accuracy | 65.7 % ± 0.0 |" in table and "| 100-124 | 0 | 0 | 0 | 1 | 0 |" in table
+
+
+def test_speed_benchmark_runs_on_a_tiny_set(utkface_dir, cache_dir, tmp_path):
+    speed = load("speed")
+    out = tmp_path / "speed.md"
+    assert speed.main(["--data_dir", str(utkface_dir), "--backbone_weights", "none", "--image_size", "32",
+                       "--cache_dir", str(cache_dir), "--num_workers", "0", "--raw_batches", "1",
+                       "--pipeline_images", "20", "--uncached_batches", "2", "--accelerator", "cpu",
+                       "--out", str(out)]) == 0
+    results = json.loads(out.with_suffix(".json").read_text())
+    assert results["rows"][0]["precision"] == "32-true" and results["rows"][0]["raw_img_s"] > 0
+    assert results["cached_epoch"]["batches"] == 2  # 50 training images, batch 32
+    assert "img/s" in out.read_text()
