@@ -39,7 +39,10 @@ def exit_on_user_error(program: str, debug: bool = False) -> Iterator[None]:
     except UserError as err:
         if debug:
             raise
-        message = " ".join(str(err).split())  # exactly one line
+        message = str(err)
+        if "Original Traceback" in message:  # re-raised from a DataLoader worker: keep the original message only
+            message = message.rstrip().splitlines()[-1].split("UserError: ", 1)[-1]
+        message = " ".join(message.split())  # exactly one line
         print(f"{program}: error: {message}", file=sys.stderr)
         raise SystemExit(USAGE_EXIT_CODE) from None
     except OSError as err:

@@ -22,7 +22,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -47,9 +47,11 @@ _FLUSH_EVERY_S = 20.0
 class FeatureCache:
     """A finished cache opened as a read-only memory map; :meth:`read` returns float32 rows."""
 
-    def __init__(self, path: Path, dtype_name: str) -> None:
+    def __init__(self, path: Path, dtype_name: str, undecodable_rows: Sequence[int] = ()) -> None:
         self.path = Path(path)
         self.dtype_name = dtype_name
+        #: rows whose image could not be decoded (stored as zeros; the DataModule skips and reports them)
+        self.undecodable_rows = [int(row) for row in undecodable_rows]
         self.array = np.load(self.path, mmap_mode="r")
 
     def __len__(self) -> int:
@@ -150,27 +152,31 @@ class FeatureCacheBuilder:
         shape = (len(relpaths),) + feature_shape(self.image_size)
         dtype_name, np_dtype = _STORAGE[self.precision]
         with _exclusive_lock(paths["lock"]):
-            cache = self._open_if_complete(paths["final"], shape, np.dtype(np_dtype), dtype_name)
+            cache = self._open_if_complete(paths, shape, np.dtype(np_dtype), dtype_name)
             if cache is not None:
                 log.info("Using cached VGG16 features %s", paths["final"])
                 return cache
-            self._extract(root, items, paths, shape, np.dtype(np_dtype), device)
+            undecodable = self._extract(root, items, paths, shape, np.dtype(np_dtype), device)
             _write_json_atomic(paths["meta"], {
                 "key": key, "shape": list(shape), "dtype": dtype_name, "image_size": self.image_size,
                 "precision": self.precision, "preprocessing": PREPROCESSING_VERSION,
-                "backbone_digest": self.backbone.digest(), "stats": self.last_build_stats,
+                "backbone_digest": self.backbone.digest(), "undecodable_rows": undecodable,
+                "stats": self.last_build_stats,
             })
             os.replace(paths["partial"], paths["final"])
             paths["progress"].unlink(missing_ok=True)
-            return FeatureCache(paths["final"], dtype_name)
+            return FeatureCache(paths["final"], dtype_name, undecodable)
 
     @staticmethod
-    def _open_if_complete(path: Path, shape: tuple, dtype: np.dtype, dtype_name: str) -> Optional[FeatureCache]:
+    def _open_if_complete(paths: dict, shape: tuple, dtype: np.dtype, dtype_name: str) -> Optional[FeatureCache]:
+        path = paths["final"]
         if not path.exists():
             return None
         try:
-            cache = FeatureCache(path, dtype_name)
-        except (ValueError, OSError) as err:  # truncated or damaged: rebuild
+            # (caches written before undecodable files were tracked have no such entry: none were found then)
+            undecodable = json.loads(paths["meta"].read_text()).get("undecodable_rows", [])
+            cache = FeatureCache(path, dtype_name, undecodable)
+        except (ValueError, OSError, KeyError, TypeError) as err:  # truncated, damaged or missing metadata: rebuild
             log.warning("Feature cache %s is damaged (%s); rebuilding it", path, err)
             path.unlink(missing_ok=True)
             return None
@@ -181,30 +187,32 @@ class FeatureCacheBuilder:
             return None
         return cache
 
-    def _resume_point(self, paths: dict, shape: tuple, dtype: np.dtype) -> int:
-        """Rows already flushed by a killed build of the same key (0 if there is nothing usable)."""
+    def _resume_point(self, paths: dict, shape: tuple, dtype: np.dtype) -> tuple:
+        """Rows already flushed by a killed build of the same key and the undecodable rows among them."""
         try:
-            done = int(json.loads(paths["progress"].read_text())["rows_done"])
+            progress = json.loads(paths["progress"].read_text())
+            done, undecodable = int(progress["rows_done"]), list(progress["undecodable_rows"])
             header = np.load(paths["partial"], mmap_mode="r")
             if header.shape == shape and header.dtype == dtype and 0 <= done <= shape[0]:
-                return done
+                return done, undecodable
         except (OSError, ValueError, KeyError, TypeError):
             pass
-        return 0
+        return 0, []
 
     def _extract(self, root: Path, items: Sequence, paths: dict, shape: tuple, dtype: np.dtype,
-                 device: torch.device) -> None:
+                 device: torch.device) -> List[int]:
+        """Fill the partial file from where a previous build stopped; returns the undecodable rows."""
         # Imported here: the dataset module imports this one for type names only at run time.
-        from project.datasets.utkface import FaceImageDataset
+        from project.datasets.utkface import UNDECODABLE, FaceImageDataset
 
-        start = self._resume_point(paths, shape, dtype)
+        start, undecodable = self._resume_point(paths, shape, dtype)
         if start:
             out = np.lib.format.open_memmap(paths["partial"], mode="r+")
             log.warning("Resuming an interrupted feature extraction at image %d of %d", start, shape[0])
         else:
             paths["progress"].unlink(missing_ok=True)
             out = np.lib.format.open_memmap(paths["partial"], mode="w+", dtype=dtype, shape=shape)
-        dataset = FaceImageDataset(root, list(items)[start:], self.image_size)
+        dataset = FaceImageDataset(root, list(items)[start:], self.image_size, mark_undecodable=True)
         loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
                             pin_memory=device.type == "cuda")
         amp_dtype = autocast_dtype(self.precision)
@@ -218,14 +226,15 @@ class FeatureCacheBuilder:
         try:
             with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype or torch.float32,
                                                         enabled=amp_dtype is not None):
-                for images, _ in loader:
+                for images, labels in loader:
                     features = backbone(images.to(device, non_blocking=True))
                     out[row:row + len(images)] = self._to_storage(features)
+                    undecodable += [row + int(i) for i in torch.nonzero(labels == UNDECODABLE).flatten()]
                     row += len(images)
                     bar.update(len(images))
                     if time.monotonic() - last_flush > _FLUSH_EVERY_S:
                         out.flush()
-                        _write_json_atomic(paths["progress"], {"rows_done": row})
+                        _write_json_atomic(paths["progress"], {"rows_done": row, "undecodable_rows": undecodable})
                         last_flush = time.monotonic()
             out.flush()
         finally:
@@ -239,6 +248,7 @@ class FeatureCacheBuilder:
             "device": str(device), "precision": self.precision,
         }
         log.info("Cached features of %d images in %.1f s", row - start, elapsed)
+        return undecodable
 
     def _to_storage(self, features: torch.Tensor) -> np.ndarray:
         features = features.detach()

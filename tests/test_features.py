@@ -79,7 +79,7 @@ def test_an_interrupted_build_resumes_where_it_stopped(utkface_dir, cache_dir):
     partial[40:] = 0
     partial.flush()
     del partial
-    paths["progress"].write_text(json.dumps({"rows_done": 40}))
+    paths["progress"].write_text(json.dumps({"rows_done": 40, "undecodable_rows": []}))
     resumed = builder.build(utkface_dir, items)
     assert builder.last_build_stats["images"] == 20  # only the missing rows were computed
     assert torch.equal(resumed.read(np.arange(len(items))), reference)
@@ -95,3 +95,25 @@ def test_bf16_cache_stores_bf16_values(utkface_dir, cache_dir):
     bf16 = cache.read(np.arange(8))
     assert bf16.dtype == torch.float32
     assert torch.allclose(bf16, fp32, rtol=0.05, atol=0.05)
+
+
+def test_undecodable_images_are_found_by_the_cache_build_and_skipped(utkface_dir, cache_dir, caplog):
+    """Header and end marker look fine, the pixel data is garbage: skipped and reported, not a crash."""
+    broken = utkface_dir / "33_0_0_20170116000000003.jpg.chip.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4 + b"\xff\xd9")
+    backbone = build_backbone("none")
+    dm = UTKFaceDataModule(utkface_dir, batch_size=8, image_size=32, num_workers=0, cache_dir=cache_dir)
+    dm.use_feature_cache(make_builder(backbone, cache_dir))
+    dm.setup("fit")
+    assert (broken.name, "cannot be decoded") in dm.scan.skipped
+    used = {dm.scan.items[i].relpath for name in ("train", "val", "test") for i in dm.split[name]}
+    assert broken.name not in used and len(used) == 60
+    assert any("skipped 1 of 61 files" in r.getMessage() for r in caplog.records)
+    # opening the finished cache again remembers it
+    again = UTKFaceDataModule(utkface_dir, batch_size=8, image_size=32, num_workers=0, cache_dir=cache_dir)
+    builder = make_builder(backbone, cache_dir)
+    again.use_feature_cache(builder)
+    again.setup("fit")
+    assert builder.last_build_stats is None  # opened, not rebuilt
+    assert again.feature_cache.undecodable_rows == dm.feature_cache.undecodable_rows == [dm.scan.items.index(
+        next(item for item in dm.scan.items if item.relpath == broken.name))]

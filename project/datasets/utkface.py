@@ -82,7 +82,9 @@ class ScanResult:
         """One line: how many files were skipped, and the first few with their reason."""
         shown = "; ".join(f"{name} ({reason})" for name, reason in self.skipped[:limit])
         more = f"; and {len(self.skipped) - limit} more" if len(self.skipped) > limit else ""
-        return f"skipped {len(self.skipped)} of {len(self.items) + len(self.skipped)} files: {shown}{more}"
+        listed = {item.relpath for item in self.items}
+        total = len(self.items) + sum(1 for name, _ in self.skipped if name not in listed)
+        return f"skipped {len(self.skipped)} of {total} files: {shown}{more}"
 
 
 def check_image_file(path: Path) -> Optional[str]:
@@ -262,13 +264,24 @@ def stratified_split(
 # --------------------------------------------------------------------------------------------- datasets
 
 
-class FaceImageDataset(Dataset):
-    """Decoded, preprocessed images: ``(3 x S x S tensor, group)`` for the given items."""
+#: Label returned by :class:`FaceImageDataset` (with ``mark_undecodable``) for a file that cannot be decoded.
+UNDECODABLE = -1
 
-    def __init__(self, root: Path, items: Sequence[FaceItem], image_size: int) -> None:
+
+class FaceImageDataset(Dataset):
+    """Decoded, preprocessed images: ``(3 x S x S tensor, group)`` for the given items.
+
+    A file that passed the cheap header check but cannot be decoded raises a one-line :class:`UserError`, or, with
+    ``mark_undecodable`` (used by the feature-cache build, which decodes every image once up front), yields a zero
+    image with label :data:`UNDECODABLE` so the caller can skip and report it.
+    """
+
+    def __init__(self, root: Path, items: Sequence[FaceItem], image_size: int, mark_undecodable: bool = False):
         self.root = Path(root)
         self.items = list(items)
+        self.image_size = image_size
         self.transform = build_transform(image_size)
+        self.mark_undecodable = mark_undecodable
 
     def __len__(self) -> int:
         return len(self.items)
@@ -278,10 +291,11 @@ class FaceImageDataset(Dataset):
         path = self.root / item.relpath
         try:
             image = load_rgb_image(path)
-        except Exception as err:  # a file that passed the header check but cannot be decoded
-            raise UserError(
-                f"cannot decode {path} ({type(err).__name__}: {err}); delete or replace it and run again"
-            ) from None
+        except Exception as err:  # passed the header check, but the pixel data is broken
+            if self.mark_undecodable:
+                return torch.zeros(3, self.image_size, self.image_size), UNDECODABLE
+            reason = " ".join(str(err).split())[:160]
+            raise UserError(f"cannot decode {path} ({type(err).__name__}: {reason}); delete or replace it") from None
         return self.transform(image), item.group
 
 
@@ -400,24 +414,33 @@ class UTKFaceDataModule(pl.LightningDataModule):
             return
         self.root = resolve_data_dir(self.data_dir, self.cache_dir)
         self.scan = scan_utkface(self.root)
-        self._report_skipped()
         if not self.scan.items:
+            self._report_skipped()
             raise UserError(
                 f"no UTKFace images in {self.root}: expected files named like 25_0_1_20170116174525125.jpg.chip.jpg"
             )
-        groups = [item.group for item in self.scan.items]
-        self.split = self._load_split() if self.split_file else stratified_split(
-            groups, self.seed, self.test_fraction, self.val_fraction
-        )
+        excluded: set = set()
+        if self.feature_cache_builder is not None:
+            # The cache build decodes every image once, so it is also where undecodable files are found: up front.
+            device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+            self.feature_cache = self.feature_cache_builder.build(self.root, self.scan.items, device=device)
+            excluded = set(self.feature_cache.undecodable_rows)
+            for row in sorted(excluded):
+                self.scan.skipped.append((self.scan.items[row].relpath, "cannot be decoded"))
+        self._report_skipped()
+        usable = np.array([i for i in range(len(self.scan.items)) if i not in excluded], dtype=np.int64)
+        if self.split_file:
+            self.split = self._load_split()
+        else:
+            groups = [self.scan.items[i].group for i in usable]
+            split = stratified_split(groups, self.seed, self.test_fraction, self.val_fraction)
+            self.split = {name: usable[indices] for name, indices in split.items()}
         for name in ("train", "val", "test"):
             if len(self.split[name]) == 0:
                 raise UserError(
-                    f"too few images to split: {len(self.scan.items)} usable in {self.root} leave the {name} split "
+                    f"too few images to split: {len(usable)} usable in {self.root} leave the {name} split "
                     f"empty; use at least 20 images"
                 )
-        if self.feature_cache_builder is not None:
-            device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-            self.feature_cache = self.feature_cache_builder.build(self.root, self.scan.items, device=device)
         for name, indices in self.split.items():
             self.datasets[name] = self._make_dataset(indices)
 
