@@ -13,8 +13,6 @@ makes concurrent processes (DDP ranks, two runs) wait for one builder instead of
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -22,12 +20,13 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from project.fileutils import exclusive_lock, write_json_atomic
 from project.models.backbone import FrozenVGG16Features, feature_shape
 from project.precision import autocast_dtype
 from project.transforms import PREPROCESSING_VERSION
@@ -63,23 +62,6 @@ class FeatureCache:
         if self.dtype_name == "bfloat16":
             block = block.view(torch.bfloat16)
         return block.float()
-
-
-@contextlib.contextmanager
-def _exclusive_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (processes on one machine wait for each other)."""
-    with open(path, "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
 
 
 class FeatureCacheBuilder:
@@ -151,13 +133,13 @@ class FeatureCacheBuilder:
         paths = self.paths(key)
         shape = (len(relpaths),) + feature_shape(self.image_size)
         dtype_name, np_dtype = _STORAGE[self.precision]
-        with _exclusive_lock(paths["lock"]):
+        with exclusive_lock(paths["lock"]):
             cache = self._open_if_complete(paths, shape, np.dtype(np_dtype), dtype_name)
             if cache is not None:
                 log.info("Using cached VGG16 features %s", paths["final"])
                 return cache
             undecodable = self._extract(root, items, paths, shape, np.dtype(np_dtype), device)
-            _write_json_atomic(paths["meta"], {
+            write_json_atomic(paths["meta"], {
                 "key": key, "shape": list(shape), "dtype": dtype_name, "image_size": self.image_size,
                 "precision": self.precision, "preprocessing": PREPROCESSING_VERSION,
                 "backbone_digest": self.backbone.digest(), "undecodable_rows": undecodable,
@@ -234,7 +216,7 @@ class FeatureCacheBuilder:
                     bar.update(len(images))
                     if time.monotonic() - last_flush > _FLUSH_EVERY_S:
                         out.flush()
-                        _write_json_atomic(paths["progress"], {"rows_done": row, "undecodable_rows": undecodable})
+                        write_json_atomic(paths["progress"], {"rows_done": row, "undecodable_rows": undecodable})
                         last_flush = time.monotonic()
             out.flush()
         finally:

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from project.age_groups import GROUP_LABELS, NUM_CLASSES, age_to_group
 from project.errors import UserError
+from project.fileutils import exclusive_lock
 from project.transforms import build_transform, load_rgb_image
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 SPLIT_FILE_NAME = "split.json"
 SKIPPED_FILE_NAME = "skipped_files.txt"
+#: Written into an extracted archive's folder: member names that occurred more than once (first copy kept).
+ARCHIVE_DUPLICATES_FILE = ".archive_duplicates.txt"
 
 
 def default_cache_dir() -> Path:
@@ -77,14 +80,14 @@ class ScanResult:
     root: Path
     items: List[FaceItem]
     skipped: List[Tuple[str, str]] = field(default_factory=list)
+    #: every file looked at, usable or not (archive duplicates included)
+    files_seen: int = 0
 
     def skipped_summary(self, limit: int = 3) -> str:
         """One line: how many files were skipped, and the first few with their reason."""
         shown = "; ".join(f"{name} ({reason})" for name, reason in self.skipped[:limit])
         more = f"; and {len(self.skipped) - limit} more" if len(self.skipped) > limit else ""
-        listed = {item.relpath for item in self.items}
-        total = len(self.items) + sum(1 for name, _ in self.skipped if name not in listed)
-        return f"skipped {len(self.skipped)} of {total} files: {shown}{more}"
+        return f"skipped {len(self.skipped)} of {self.files_seen} files: {shown}{more}"
 
 
 def check_image_file(path: Path) -> Optional[str]:
@@ -117,7 +120,13 @@ def scan_utkface(root: Path, check_images: bool = True) -> ScanResult:
     items: List[FaceItem] = []
     skipped: List[Tuple[str, str]] = []
     seen: Dict[str, str] = {}
+    duplicates_file = root / ARCHIVE_DUPLICATES_FILE
+    if duplicates_file.is_file():
+        skipped += [(name, "duplicate name in the archive (first copy kept)")
+                    for name in duplicates_file.read_text().splitlines() if name]
     for path in sorted(p for p in root.rglob("*") if not p.is_dir()):
+        if path == duplicates_file:
+            continue
         relpath = path.relative_to(root).as_posix()
         name = path.name
         if any(part.startswith(".") and part not in (".", "..") for part in Path(relpath).parts[:-1]):
@@ -147,7 +156,7 @@ def scan_utkface(root: Path, check_images: bool = True) -> ScanResult:
                 continue
         seen[key] = relpath
         items.append(FaceItem(relpath, age, group))
-    return ScanResult(root, items, skipped)
+    return ScanResult(root, items, skipped, files_seen=len(items) + len(skipped))
 
 
 # ---------------------------------------------------------------------------------------------- archives
@@ -192,33 +201,43 @@ def extract_archive(archive: Path, target: Path) -> Path:
     """
     if target.is_dir():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    for leftover in target.parent.glob(f".{target.name}.partial-*"):
-        shutil.rmtree(leftover, ignore_errors=True)
-    partial = target.parent / f".{target.name}.partial-{os.getpid()}"
-    try:
-        from tqdm.auto import tqdm
-
-        with tarfile.open(archive, "r:*") as tar:
-            seen = set()
-            with tqdm(desc=f"Extracting {archive.name}", unit=" files",
-                      mininterval=1.0 if sys.stderr.isatty() else 30.0) as bar:
-                for member in tar:
-                    if member.name in seen:
-                        continue  # a duplicate name in the tar: keep the first copy
-                    seen.add(member.name)
-                    tar.extract(member, partial, filter="data")
-                    bar.update(1)
-        os.replace(partial, target)
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as err:
-        raise UserError(
-            f"{archive} is not a readable tar archive ({type(err).__name__}: {err}); re-download UTKFace.tar.gz "
-            f"or pass the extracted folder as --data_dir"
-        ) from None
-    finally:
-        if partial.exists():
-            shutil.rmtree(partial, ignore_errors=True)
+    with exclusive_lock(target.parent / f".{target.name}.lock"):  # a second process waits, then finds it done
+        if target.is_dir():
+            return target
+        for leftover in target.parent.glob(f".{target.name}.partial-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        partial = target.parent / f".{target.name}.partial-{os.getpid()}"
+        try:
+            _extract_members(archive, partial)
+            os.replace(partial, target)
+        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as err:
+            raise UserError(
+                f"{archive} is not a readable tar archive ({type(err).__name__}: {err}); re-download "
+                f"UTKFace.tar.gz or pass the extracted folder as --data_dir"
+            ) from None
+        finally:
+            if partial.exists():
+                shutil.rmtree(partial, ignore_errors=True)
     return target
+
+
+def _extract_members(archive: Path, folder: Path) -> None:
+    """Extract every member once (a repeated name keeps its first copy, recorded for the skipped-file report)."""
+    from tqdm.auto import tqdm
+
+    seen, duplicates = set(), []
+    with tarfile.open(archive, "r:*") as tar, tqdm(desc=f"Extracting {archive.name}", unit=" files",
+                                                   mininterval=1.0 if sys.stderr.isatty() else 30.0) as bar:
+        for member in tar:
+            if member.name in seen:
+                duplicates.append(member.name)
+                continue
+            seen.add(member.name)
+            tar.extract(member, folder, filter="data")
+            bar.update(1)
+    if duplicates:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / ARCHIVE_DUPLICATES_FILE).write_text("".join(f"{name}\n" for name in duplicates))
 
 
 def resolve_data_dir(data_dir: Optional[os.PathLike], cache_dir: Optional[Path] = None, extract: bool = True) -> Path:
