@@ -37,7 +37,7 @@ from project.features import FeatureCacheBuilder  # noqa: E402
 from project.lit_classifier_main import LitClassifier  # noqa: E402
 from project.models.backbone import build_backbone  # noqa: E402
 from project.precision import autocast_dtype, native_precision  # noqa: E402
-from project.runtime import keep_freed_memory  # noqa: E402
+from project.cli import FastTrainingAllocator  # noqa: E402
 
 
 def machine_name(device: torch.device) -> str:
@@ -112,7 +112,7 @@ def epoch_times(args, device, precision: str, cached: bool, limit_batches=None):
     timer = EpochTimer()
     trainer = pl.Trainer(max_epochs=1, accelerator=device.type if device.type == "cpu" else "gpu", devices=1,
                          precision=precision, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, callbacks=[timer], num_sanity_val_steps=0,
+                         enable_model_summary=False, callbacks=[timer, FastTrainingAllocator()], num_sanity_val_steps=0,
                          limit_train_batches=limit_batches, limit_val_batches=0 if limit_batches else None)
     trainer.fit(model, datamodule=dm)
     batches = trainer.num_training_batches
@@ -129,13 +129,12 @@ def main(argv=None) -> int:
     parser.add_argument("--num_workers", type=int, default=2)
     parser.add_argument("--cache_dir", default=str(default_cache_dir()))
     parser.add_argument("--raw_batches", type=int, default=6, help="timed batches of 16 for the raw throughput")
-    parser.add_argument("--pipeline_images", type=int, default=480, help="real images for the pipeline throughput")
+    parser.add_argument("--pipeline_images", type=int, default=1200, help="real images for the pipeline throughput")
     parser.add_argument("--uncached_batches", type=int, default=8, help="timed steps of the backbone-every-step run")
     parser.add_argument("--accelerator", default="auto", choices=("auto", "cpu", "gpu"))
     parser.add_argument("--skip", nargs="*", default=[], choices=("raw", "pipeline", "cached", "uncached"))
     parser.add_argument("--out", default=None, help="also write the results (JSON next to it) here")
     args = parser.parse_args(argv)
-    keep_freed_memory()  # as the training CLI does
 
     use_cuda = args.accelerator == "gpu" or (args.accelerator == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if use_cuda else "cpu")

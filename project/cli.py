@@ -31,7 +31,7 @@ from project.lit_classifier_main import LitClassifier, load_classifier
 from project.models.backbone import MIN_IMAGE_SIZE
 from project.precision import CHOICES as PRECISION_CHOICES
 from project.precision import device_type_for, resolve_precision
-from project.runtime import keep_freed_memory
+from project.runtime import keep_freed_memory, release_freed_memory
 
 PROGRAM = "lit_classifier_main.py"
 METRICS_FILE_NAME = "test_metrics.json"
@@ -185,6 +185,16 @@ class EpochSeeding(Callback):
                            verbose=False)
 
 
+class FastTrainingAllocator(Callback):
+    """glibc keeps freed memory for reuse during the training loop only (see :mod:`project.runtime`)."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        keep_freed_memory()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        release_freed_memory()
+
+
 class KillAt(Callback):
     """Test hook: SIGKILL this process at ``EPOCH:BATCH`` (proves that ``--resume`` loses nothing)."""
 
@@ -334,6 +344,7 @@ def run_fit(args: argparse.Namespace) -> Dict:
         EarlyStopping(monitor="val_loss", mode="min", patience=args.patience),
         EpochSeeding(args.seed),
         RunFiles(vars(args)),
+        FastTrainingAllocator(),
     ]
     if args.kill_at:
         callbacks.append(KillAt(args.kill_at))
@@ -387,9 +398,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Parse, validate and run; user errors end as one line and exit code 2."""
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # The frozen VGG16 stays in eval mode on purpose (see FrozenVGG16Features); Lightning warns about it every fit.
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
     with exit_on_user_error(PROGRAM, debug=args.debug):
         validate_args(args)
-        keep_freed_memory()
         if args.test_only:
             run_test(args)
         else:

@@ -1,7 +1,8 @@
 """Optional: the pipeline on real UTKFace images with the real ImageNet VGG16 weights.
 
 Uses ``../shared/data/UTKFace.tar.gz`` and ``../shared/weights/vgg16_features_imagenet.pth`` when they are there
-(CI has them; a user's clone does not) and skips otherwise. A stratified 600-image subset at 64 px keeps it short.
+(CI has them; a user's clone does not) and skips otherwise. A stratified subset of about 580 images at 64 px
+keeps it short.
 """
 
 import json
@@ -23,7 +24,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def real_subset(tmp_path_factory):
-    """600 real images (every 38th of each age group, so all five groups appear) as symlinks in a folder."""
+    """About 580 real images (every 38th of groups 0-3, every 4th of 100-124) as symlinks in a folder."""
     cache = tmp_path_factory.mktemp("real_cache")
     root = resolve_data_dir(REAL_ARCHIVE, cache)  # exercises the real archive's extraction too
     scan = scan_utkface(root)
