@@ -27,6 +27,7 @@ from pytorch_lightning.loggers import CSVLogger
 from project.datasets.utkface import SKIPPED_FILE_NAME, SPLIT_FILE_NAME, UTKFaceDataModule, default_cache_dir
 from project.errors import DEBUG_ENV, OneLineArgumentParser, UserError, exit_on_user_error
 from project.features import FeatureCacheBuilder
+from project.fileutils import write_json_atomic
 from project.lit_classifier_main import LitClassifier, load_classifier
 from project.models.backbone import MIN_IMAGE_SIZE
 from project.precision import CHOICES as PRECISION_CHOICES
@@ -220,7 +221,7 @@ class RunFiles(Callback):
         datamodule = trainer.datamodule
         datamodule.save_split(run_dir / SPLIT_FILE_NAME)
         datamodule.save_skipped(run_dir / SKIPPED_FILE_NAME)
-        _write_json(run_dir / CONFIG_FILE_NAME, json.loads(json.dumps(self.config, default=str)))
+        write_json_atomic(run_dir / CONFIG_FILE_NAME, json.loads(json.dumps(self.config, default=str)))
 
 
 def build_datamodule(args: argparse.Namespace, model: LitClassifier, split_file: Optional[Path]) -> UTKFaceDataModule:
@@ -298,12 +299,6 @@ def write_plots(run_dir: Path, datamodule: UTKFaceDataModule, model: LitClassifi
         logging.getLogger(__name__).warning("plots skipped (%s: %s)", type(err).__name__, err)
 
 
-def _write_json(path: Path, payload: Dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
-
-
 # ----------------------------------------------------------------------------------------------- commands
 
 
@@ -367,7 +362,7 @@ def run_fit(args: argparse.Namespace) -> Dict:
     run_dir = run_folder(trainer)
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(run_dir / METRICS_FILE_NAME, payload)
+        write_json_atomic(run_dir / METRICS_FILE_NAME, payload)
         write_plots(run_dir, datamodule, model, payload)
         print(f"\nBest checkpoint: {best or '-'}\nTest metrics:    {run_dir / METRICS_FILE_NAME}\n"
               f"Logs and plots:  {run_dir}")
@@ -390,7 +385,7 @@ def run_test(args: argparse.Namespace) -> Dict:
         "test_images": len(datamodule.split["test"]), "precision": args.precision,
     })
     if args.metrics_json and trainer.is_global_zero:
-        _write_json(Path(args.metrics_json), payload)
+        write_json_atomic(Path(args.metrics_json), payload)
     return payload
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from project.datasets.utkface import UNDECODABLE, FaceImageDataset
 from project.fileutils import exclusive_lock, write_json_atomic
 from project.models.backbone import FrozenVGG16Features, feature_shape
 from project.precision import autocast_dtype
@@ -184,9 +185,6 @@ class FeatureCacheBuilder:
     def _extract(self, root: Path, items: Sequence, paths: dict, shape: tuple, dtype: np.dtype,
                  device: torch.device) -> List[int]:
         """Fill the partial file from where a previous build stopped; returns the undecodable rows."""
-        # Imported here: the dataset module imports this one for type names only at run time.
-        from project.datasets.utkface import UNDECODABLE, FaceImageDataset
-
         start, undecodable = self._resume_point(paths, shape, dtype)
         if start:
             out = np.lib.format.open_memmap(paths["partial"], mode="r+")

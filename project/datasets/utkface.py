@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from project.age_groups import GROUP_LABELS, NUM_CLASSES, age_to_group
 from project.errors import UserError
-from project.fileutils import exclusive_lock
+from project.fileutils import exclusive_lock, write_json_atomic
 from project.transforms import build_transform, load_rgb_image
 
 log = logging.getLogger(__name__)
@@ -528,9 +528,7 @@ class UTKFaceDataModule(pl.LightningDataModule):
             "val": [item.relpath for item in self.split_items("val")],
             "test": [item.relpath for item in self.split_items("test")],
         }
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(payload, indent=1))
-        os.replace(tmp, path)
+        write_json_atomic(path, payload)
         return path
 
     def save_skipped(self, path: os.PathLike) -> Optional[Path]:
