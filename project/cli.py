@@ -195,6 +195,9 @@ class FastTrainingAllocator(Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         release_freed_memory()
 
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        release_freed_memory()
+
 
 class KillAt(Callback):
     """Test hook: SIGKILL this process at ``EPOCH:BATCH`` (proves that ``--resume`` loses nothing)."""

@@ -101,6 +101,10 @@ class FeatureCacheBuilder:
     # -- identity --------------------------------------------------------------------------------------------
     def key(self, root: Path, relpaths: Sequence[str]) -> str:
         """The cache key: a hash of the file list (names + sizes), size, preprocessing, weights and dtype."""
+        return self._key_and_identity(root, relpaths)[0]
+
+    def _key_and_identity(self, root: Path, relpaths: Sequence[str]) -> tuple:
+        """The key and what it hashes (the weights are hashed once here; the metadata reuses that digest)."""
         files = hashlib.sha256()
         for relpath in relpaths:
             files.update(f"{relpath}\0{(Path(root) / relpath).stat().st_size}\n".encode())
@@ -113,7 +117,7 @@ class FeatureCacheBuilder:
             "backbone": self.backbone.digest(),
             "dtype": _STORAGE[self.precision][0],
         }
-        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20], identity
 
     def paths(self, key: str) -> dict:
         stem = self.cache_dir / f"vgg16-features-{key}"
@@ -130,7 +134,7 @@ class FeatureCacheBuilder:
         """Open the cache for ``items`` (objects with ``.relpath``), computing whatever is missing first."""
         relpaths = [item.relpath for item in items]
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        key = self.key(root, relpaths)
+        key, identity = self._key_and_identity(root, relpaths)
         paths = self.paths(key)
         shape = (len(relpaths),) + feature_shape(self.image_size)
         dtype_name, np_dtype = _STORAGE[self.precision]
@@ -143,7 +147,7 @@ class FeatureCacheBuilder:
             write_json_atomic(paths["meta"], {
                 "key": key, "shape": list(shape), "dtype": dtype_name, "image_size": self.image_size,
                 "precision": self.precision, "preprocessing": PREPROCESSING_VERSION,
-                "backbone_digest": self.backbone.digest(), "undecodable_rows": undecodable,
+                "backbone_digest": identity["backbone"], "undecodable_rows": undecodable,
                 "stats": self.last_build_stats,
             })
             os.replace(paths["partial"], paths["final"])

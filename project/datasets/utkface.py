@@ -7,6 +7,7 @@ notes and broken files. Everything that cannot be used is skipped and reported o
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import json
@@ -175,6 +176,13 @@ def _archive_stem(path: Path) -> str:
 
 
 def _file_digest(path: Path) -> str:
+    """The archive's content hash; remembered per (path, size, mtime), since prepare_data and setup both ask."""
+    stat = path.stat()
+    return _content_digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _content_digest(path: str, size: int, mtime_ns: int) -> str:
     sha = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
