@@ -1,12 +1,13 @@
-"""Accuracy benchmark: one recipe, several seeds (split and initialisation), all of UTKFace, one Markdown table.
+"""Accuracy benchmark: recipes x seeds (split and initialisation) on all of UTKFace, as Markdown tables.
 
     python benchmarks/accuracy.py --data_dir ../shared/data/UTKFace.tar.gz \
-        --backbone_weights ../shared/weights/vgg16_features_imagenet.pth --seeds 0 1 2 --out results/notebook.md
+        --backbone_weights ../shared/weights/vgg16_features_imagenet.pth --seeds 42 0 1 --out results/accuracy.md
 
-Each seed is a normal training run of ``project/lit_classifier_main.py`` (so the numbers are exactly what a user
-gets); the table reports mean ± std over seeds of test accuracy, macro-F1, balanced accuracy, per-group recall,
-within-one-group accuracy, test loss, epochs to early stop and wall time, plus the confusion matrix of the first seed.
-Extra arguments after ``--`` go to the training command unchanged.
+Each (recipe, seed) is a normal training run of ``project/lit_classifier_main.py --recipe R --seed S`` (so the numbers
+are exactly what a user gets); per recipe the table reports mean ± std over seeds of test accuracy, macro-F1,
+balanced accuracy, per-group recall, within-one-group accuracy, test loss, epochs and wall time, plus the confusion
+matrix of the first seed; with several recipes, a per-seed comparison of each against the first follows.
+Finished runs in ``--work_dir/RECIPE/seed_S`` are reused. Extra arguments after ``--`` go to every training command.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from project.age_groups import GROUP_LABELS  # noqa: E402
+from project.recipes import RECIPES  # noqa: E402
 
 
 def derived_metrics(run: Dict) -> Dict[str, float]:
@@ -44,14 +46,14 @@ def derived_metrics(run: Dict) -> Dict[str, float]:
     }
 
 
-def run_seed(seed: int, args, passthrough: List[str]) -> Dict:
-    """Train + test with ``seed`` (or reuse a finished run of the same seed in ``--work_dir``)."""
-    root = Path(args.work_dir) / f"seed_{seed}"
+def run_seed(recipe: str, seed: int, args, passthrough: List[str]) -> Dict:
+    """Train + test ``recipe`` with ``seed`` (or reuse a finished run of the same pair in ``--work_dir``)."""
+    root = Path(args.work_dir) / recipe / f"seed_{seed}"
     finished = sorted(root.glob("lightning_logs/version_*/test_metrics.json"))
     if not finished or args.rerun:
         command = [sys.executable, str(REPO / "project" / "lit_classifier_main.py"), "--data_dir", args.data_dir,
                    "--backbone_weights", args.backbone_weights, "--seed", str(seed), "--default_root_dir", str(root),
-                   *passthrough]
+                   "--recipe", recipe, *passthrough]
         print("+", " ".join(command), flush=True)
         subprocess.run(command, check=True)
         finished = sorted(root.glob("lightning_logs/version_*/test_metrics.json"))
@@ -77,6 +79,20 @@ def markdown(name: str, runs: List[Dict], seeds: List[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def comparison(names: List[str], results: Dict[str, List[Dict]], seeds: List[int]) -> str:
+    """Per seed: each recipe's test accuracy and macro-F1 next to the first recipe's."""
+    base = names[0]
+    lines = [f"### Per seed, against `{base}`", "",
+             "| seed | " + " | ".join(f"`{name}` acc / F1" for name in names) + " |", "|---" * (len(names) + 1) + "|"]
+    for index, seed in enumerate(seeds):
+        cells = [f"{100 * results[n][index]['test_acc']:.1f} % / {results[n][index]['test_f1']:.3f}" for n in names]
+        lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+    for name in names[1:]:
+        wins = sum(results[name][i]["test_acc"] > results[base][i]["test_acc"] for i in range(len(seeds)))
+        lines += ["", f"`{name}` beats `{base}` in test accuracy on {wins} of {len(seeds)} seeds."]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     passthrough = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -84,14 +100,17 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data_dir", required=True)
     parser.add_argument("--backbone_weights", default="imagenet")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--recipe_name", default="notebook")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 0, 1])
+    parser.add_argument("--recipes", nargs="+", default=["notebook", "default"], choices=list(RECIPES),
+                        help="recipes to run; the first is the reference the others are compared with")
     parser.add_argument("--work_dir", default=str(REPO / "benchmarks" / "results" / "accuracy"))
     parser.add_argument("--rerun", action="store_true", help="train again even if a seed has a finished run")
     parser.add_argument("--out", default=None, help="write the Markdown table here too")
     args = parser.parse_args(own)
-    runs = [run_seed(seed, args, passthrough) for seed in args.seeds]
-    table = markdown(args.recipe_name, runs, args.seeds)
+    results = {recipe: [run_seed(recipe, seed, args, passthrough) for seed in args.seeds] for recipe in args.recipes}
+    table = "\n".join(markdown(recipe, runs, args.seeds) for recipe, runs in results.items())
+    if len(results) > 1:
+        table += "\n" + comparison(args.recipes, results, args.seeds)
     print(table)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

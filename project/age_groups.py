@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
+
 #: Width of every age group in years. The notebook binned ages into 25-year groups.
 GROUP_WIDTH = 25
 #: Number of groups: 0-24, 25-49, 50-74, 75-99, 100-124.
@@ -22,3 +24,28 @@ def age_to_group(age: int) -> Optional[int]:
     if age < 0 or age > MAX_AGE:
         return None
     return age // GROUP_WIDTH
+
+
+#: One bin per year of age 0-124: the fine-grained output of heads trained on the exact ages.
+AGE_BINS = MAX_AGE + 1
+
+
+def group_log_probs(age_logits: torch.Tensor) -> torch.Tensor:
+    """Log-probability of each age group from per-year logits (``N x 125`` -> ``N x 5``).
+
+    A group's probability is the sum of its 25 years' probabilities, so the group prediction is exactly what the
+    per-year distribution says, and ``softmax`` of the result gives those group probabilities back.
+    """
+    log_probs = torch.log_softmax(age_logits.float(), dim=1)
+    return torch.logsumexp(log_probs.view(-1, NUM_CLASSES, GROUP_WIDTH), dim=2)
+
+
+def age_distribution(ages: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Soft per-year targets: a Gaussian of width ``sigma`` years around each true age (``N`` -> ``N x 125``).
+
+    A face labelled 24 looks much like one labelled 26; spreading the label over neighbouring years tells the head
+    so (label distribution learning), where a hard group label calls them as different as 24 and 90.
+    """
+    years = torch.arange(AGE_BINS, dtype=torch.float32, device=ages.device)
+    weights = torch.exp(-0.5 * ((years[None, :] - ages[:, None].float()) / sigma) ** 2)
+    return weights / weights.sum(dim=1, keepdim=True)

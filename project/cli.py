@@ -32,12 +32,20 @@ from project.lit_classifier_main import LitClassifier, load_classifier
 from project.models.backbone import MIN_IMAGE_SIZE
 from project.precision import CHOICES as PRECISION_CHOICES
 from project.precision import device_type_for, resolve_precision
+from project.recipes import DEFAULT as DEFAULT_RECIPE
+from project.recipes import NOTEBOOK as NOTEBOOK_RECIPE
+from project.recipes import RECIPES
 from project.runtime import keep_freed_memory, release_freed_memory
 
 PROGRAM = "lit_classifier_main.py"
 METRICS_FILE_NAME = "test_metrics.json"
 CONFIG_FILE_NAME = "run_config.json"
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
+
+
+def _recipe_values(name: str) -> str:
+    """Help text: what each recipe sets ``name`` to."""
+    return "recipe: " + ", ".join(f"{recipe.name} {getattr(recipe, name)}" for recipe in RECIPES.values())
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -50,7 +58,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     data = parser.add_argument_group("data")
     data.add_argument("--data_dir", type=str, default=None, help="UTKFace folder or UTKFace.tar.gz")
     data.add_argument("--image_size", type=int, default=224, help="images are resized to this square size")
-    data.add_argument("--batch_size", type=int, default=32, help="batch size per device")
     data.add_argument("--num_workers", type=int, default=min(2, os.cpu_count() or 1),
                       help="image-decoding worker processes")
     data.add_argument("--seed", type=int, default=42, help="seeds the split, initialisation and shuffling")
@@ -64,15 +71,24 @@ def get_args_parser() -> argparse.ArgumentParser:
                       help="run the frozen backbone on every image every epoch instead of caching its output")
 
     model = parser.add_argument_group("model")
+    model.add_argument("--recipe", type=str, default=None, choices=sorted(RECIPES),
+                       help=f"{DEFAULT_RECIPE.name} (the default; with --resume: the run's own recipe): "
+                            f"{DEFAULT_RECIPE.summary}; {NOTEBOOK_RECIPE.name}: {NOTEBOOK_RECIPE.summary}. Flags "
+                            f"whose help says 'recipe' override single values")
     model.add_argument("--backbone_weights", type=str, default="imagenet",
                        help="imagenet | PATH to a vgg16().features or vgg16() state dict | none (random)")
-    model.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    model.add_argument("--weight_decay", type=float, default=2e-3,
-                       help="L2 on the hidden kernels (Keras l2(0.001) == 0.002)")
+    model.add_argument("--lr", type=float, default=None, help=f"learning rate ({_recipe_values('lr')})")
+    model.add_argument("--weight_decay", type=float, default=None,
+                       help=f"weight decay on the kernels; the notebook's 0.002 on its hidden kernels is Keras' "
+                            f"l2(0.001) ({_recipe_values('weight_decay')})")
+    data.add_argument("--batch_size", type=int, default=None,
+                      help=f"batch size per device ({_recipe_values('batch_size')})")
 
     trainer = parser.add_argument_group("trainer")
-    trainer.add_argument("--max_epochs", type=int, default=50)
-    trainer.add_argument("--patience", type=int, default=5, help="EarlyStopping patience on val_loss")
+    trainer.add_argument("--max_epochs", type=int, default=None, help=f"({_recipe_values('max_epochs')})")
+    trainer.add_argument("--patience", type=int, default=None,
+                         help=f"EarlyStopping patience on val_loss; None = off, all epochs run "
+                              f"({_recipe_values('patience')})")
     trainer.add_argument("--accelerator", type=str, default="auto", choices=ACCELERATORS)
     trainer.add_argument("--devices", type=str, default="auto", help="number of devices, a list, or auto")
     trainer.add_argument("--strategy", type=str, default="auto", help="auto, ddp, ddp_spawn, ...")
@@ -117,8 +133,34 @@ def _check_writable(folder: Path) -> None:
                         f"folder") from None
 
 
+def apply_recipe(args: argparse.Namespace) -> None:
+    """Fill the flags left unset from the recipe (explicit flags win).
+
+    The recipe is ``--recipe``, else, for ``--resume``, the one the run was started with (runs from before recipes
+    existed were the notebook's), else the default.
+    """
+    if args.recipe is None:
+        args.recipe = DEFAULT_RECIPE.name
+        if args.resume and args.resume_from is not None:
+            config_file = args.resume_from.parent.parent / CONFIG_FILE_NAME
+            if config_file.is_file():
+                args.recipe = json.loads(config_file.read_text()).get("recipe", NOTEBOOK_RECIPE.name)
+    recipe = RECIPES[args.recipe]
+    for name in ("lr", "weight_decay", "batch_size", "max_epochs", "patience"):
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(recipe, name))
+
+
 def validate_args(args: argparse.Namespace) -> None:
     """Check every flag before any work starts; raise :class:`UserError` with a one-line fix."""
+    args.resume_from = None
+    if args.resume:
+        args.resume_from = Path(args.ckpt_path) if args.ckpt_path else _latest_last_checkpoint(
+            Path(args.default_root_dir))
+        if args.resume_from is None:
+            raise UserError(f"--resume: no lightning_logs/version_*/checkpoints/last.ckpt under "
+                            f"{args.default_root_dir}")
+    apply_recipe(args)
     positive = {"batch_size": args.batch_size, "max_epochs": args.max_epochs, "num_nodes": args.num_nodes}
     for name, value in positive.items():
         if value < 1:
@@ -126,10 +168,12 @@ def validate_args(args: argparse.Namespace) -> None:
     if args.image_size < MIN_IMAGE_SIZE:
         raise UserError(f"--image_size must be at least {MIN_IMAGE_SIZE}: VGG16 halves it five times (got "
                         f"{args.image_size})")
-    if args.patience < 0 or args.num_workers < 0:
+    if (args.patience is not None and args.patience < 0) or args.num_workers < 0:
         raise UserError("--patience and --num_workers cannot be negative")
     if not args.lr > 0:
         raise UserError(f"--lr must be positive (got {args.lr})")
+    if args.weight_decay < 0:
+        raise UserError(f"--weight_decay cannot be negative (got {args.weight_decay})")
     devices = _parse_devices(args.devices)
     device_type = device_type_for(args.accelerator)
     if device_type == "cuda":
@@ -230,6 +274,7 @@ class RunFiles(Callback):
 def build_datamodule(args: argparse.Namespace, model: LitClassifier, split_file: Optional[Path]) -> UTKFaceDataModule:
     """The DataModule for ``args``, serving cached features unless ``--no_feature_cache``."""
     cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    mirror = bool(model.hparams.mirror)
     datamodule = UTKFaceDataModule(
         data_dir=args.data_dir,
         batch_size=args.batch_size,
@@ -239,12 +284,15 @@ def build_datamodule(args: argparse.Namespace, model: LitClassifier, split_file:
         cache_dir=cache_dir,
         split_file=split_file,
         strict_data=args.strict_data,
+        mirror=mirror,
     )
     if not args.no_feature_cache:
-        datamodule.use_feature_cache(FeatureCacheBuilder(
-            model.backbone, model.hparams.image_size, args.precision, cache_dir / "features",
-            batch_size=max(args.batch_size, 32), num_workers=args.num_workers,
-        ))
+        builders = [
+            FeatureCacheBuilder(model.backbone, model.hparams.image_size, args.precision, cache_dir / "features",
+                                batch_size=max(args.batch_size, 32), num_workers=args.num_workers, mirrored=mirrored)
+            for mirrored in ((False, True) if mirror else (False,))
+        ]
+        datamodule.use_feature_cache(*builders)
     return datamodule
 
 
@@ -309,19 +357,18 @@ def run_fit(args: argparse.Namespace) -> Dict:
     """Fit with EarlyStopping + ModelCheckpoint, test the best checkpoint, write the run files."""
     started = time.time()
     root = Path(args.default_root_dir)
-    resume_from: Optional[Path] = None
+    resume_from: Optional[Path] = args.resume_from
     version = None
-    if args.resume:
-        resume_from = Path(args.ckpt_path) if args.ckpt_path else _latest_last_checkpoint(root)
-        if resume_from is None:
-            raise UserError(f"--resume: no lightning_logs/version_*/checkpoints/last.ckpt under {root}")
+    if resume_from is not None:
         run_name = resume_from.parent.parent.name
         if run_name.startswith("version_"):
             version = int(run_name.split("_")[-1])
     pl.seed_everything(args.seed, workers=True, verbose=False)
-    model = LitClassifier(
-        image_size=args.image_size, backbone_weights=args.backbone_weights, lr=args.lr, weight_decay=args.weight_decay
-    )
+    recipe = RECIPES[args.recipe]
+    model = LitClassifier(**{
+        **recipe.model_kwargs(), "image_size": args.image_size, "backbone_weights": args.backbone_weights,
+        "lr": args.lr, "weight_decay": args.weight_decay,
+    })
     logger = CSVLogger(save_dir=str(root), name="lightning_logs", version=version)
     split_file = Path(args.split_file) if args.split_file else None
     if resume_from is not None and split_file is None:
@@ -339,11 +386,12 @@ def run_fit(args: argparse.Namespace) -> Dict:
     callbacks = [
         checkpoint,
         last,
-        EarlyStopping(monitor="val_loss", mode="min", patience=args.patience),
         EpochSeeding(args.seed),
         RunFiles(vars(args)),
         FastTrainingAllocator(),
     ]
+    if args.patience is not None:
+        callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=args.patience))
     if args.kill_at:
         callbacks.append(KillAt(args.kill_at))
     trainer = build_trainer(args, callbacks, logger)

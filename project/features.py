@@ -86,6 +86,7 @@ class FeatureCacheBuilder:
         batch_size: int = 32,
         num_workers: int = 2,
         progress: bool = True,
+        mirrored: bool = False,
     ) -> None:
         if precision not in _STORAGE:
             raise ValueError(f"unsupported feature precision {precision!r}")
@@ -96,6 +97,8 @@ class FeatureCacheBuilder:
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.progress = progress
+        #: cache the features of the mirrored images instead (see ``project.transforms.mirror``)
+        self.mirrored = mirrored
         self.last_build_stats: Optional[dict] = None
 
     # -- identity --------------------------------------------------------------------------------------------
@@ -117,6 +120,11 @@ class FeatureCacheBuilder:
             "backbone": self.backbone.digest(),
             "dtype": _STORAGE[self.precision][0],
         }
+        # Added later; left out for the original configuration so the caches made before stay valid.
+        if self.backbone.layer != "block5":
+            identity["layer"] = self.backbone.layer
+        if self.mirrored:
+            identity["mirrored"] = True
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20], identity
 
     def paths(self, key: str) -> dict:
@@ -147,6 +155,7 @@ class FeatureCacheBuilder:
             write_json_atomic(paths["meta"], {
                 "key": key, "shape": list(shape), "dtype": dtype_name, "image_size": self.image_size,
                 "precision": self.precision, "preprocessing": PREPROCESSING_VERSION,
+                "layer": self.backbone.layer, "mirrored": self.mirrored,
                 "backbone_digest": identity["backbone"], "undecodable_rows": undecodable,
                 "stats": self.last_build_stats,
             })
@@ -196,7 +205,8 @@ class FeatureCacheBuilder:
         else:
             paths["progress"].unlink(missing_ok=True)
             out = np.lib.format.open_memmap(paths["partial"], mode="w+", dtype=dtype, shape=shape)
-        dataset = FaceImageDataset(root, list(items)[start:], self.image_size, mark_undecodable=True)
+        dataset = FaceImageDataset(root, list(items)[start:], self.image_size, mark_undecodable=True,
+                                   mirror="always" if self.mirrored else "none")
         loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
                             pin_memory=device.type == "cuda")
         amp_dtype = autocast_dtype(self.precision)
@@ -205,12 +215,13 @@ class FeatureCacheBuilder:
         row, last_flush, began = start, time.monotonic(), time.monotonic()
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=shape[0], initial=start, unit="img", desc="Caching VGG16 features",
+        description = "Caching VGG16 features" + (" of mirrored images" if self.mirrored else "")
+        bar = tqdm(total=shape[0], initial=start, unit="img", desc=description,
                    disable=not self.progress, mininterval=1.0 if sys.stderr.isatty() else 30.0)
         try:
             with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype or torch.float32,
                                                         enabled=amp_dtype is not None):
-                for images, labels in loader:
+                for images, labels, _ages in loader:
                     features = backbone(images.to(device, non_blocking=True))
                     out[row:row + len(images)] = self._to_storage(features)
                     undecodable += [row + int(i) for i in torch.nonzero(labels == UNDECODABLE).flatten()]

@@ -27,9 +27,15 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-from project.age_groups import GROUP_LABELS, NUM_CLASSES
+from project.age_groups import AGE_BINS, GROUP_LABELS, NUM_CLASSES, age_distribution, group_log_probs
 from project.models.backbone import FEATURE_CHANNELS, build_backbone, feature_shape
-from project.models.head import AgeGroupHead
+from project.models.head import AgeGroupHead, CompactAgeHead
+from project.transforms import mirror
+
+HEADS = ("notebook", "compact")
+TARGETS = ("group", "age")
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("constant", "onecycle")
 
 # True while ``load_from_checkpoint`` rebuilds a model: its weights come from the checkpoint, so the pretrained
 # backbone weights named in the hyper-parameters must not be downloaded or read again.
@@ -37,18 +43,30 @@ _RESTORING_FROM_CHECKPOINT = contextvars.ContextVar("restoring_from_checkpoint",
 
 
 class LitClassifier(pl.LightningModule):
-    """A frozen ImageNet VGG16 conv base with the Keras notebook's dropout + L2 head, predicting 5 age groups.
+    """A frozen ImageNet VGG16 conv base with a trainable head, predicting 5 age groups.
+
+    The constructor's defaults build the Keras notebook's model (``project.recipes.NOTEBOOK``), so checkpoints from
+    before recipes existed load unchanged; the command line's default recipe passes
+    ``project.recipes.DEFAULT.model_kwargs()``.
 
     Args:
         image_size: input side in pixels; the head's input size follows it (7x7x512 at 224 px).
         backbone_weights: ``imagenet``, a path to VGG16 conv weights, or ``none`` (random, for tests).
-        lr: Adam learning rate (the notebook's 1e-3).
-        weight_decay: L2 on the two hidden kernels only. Keras ``l2(0.001)`` adds ``0.001 * sum(w**2)`` to the loss,
-            whose gradient ``0.002 * w`` is exactly Adam's (coupled) ``weight_decay=0.002``.
-        hidden_sizes, dropout: the head (1000 and 256 units, dropout 0.5 in the notebook).
+        lr: learning rate (the notebook's Adam 1e-3).
+        weight_decay: with ``adam``, L2 on the two hidden kernels only: Keras ``l2(0.001)`` adds
+            ``0.001 * sum(w**2)`` to the loss, whose gradient ``0.002 * w`` is exactly Adam's (coupled)
+            ``weight_decay=0.002``. With ``adamw``, decoupled decay on every kernel.
+        hidden_sizes, dropout: the notebook head (1000 and 256 units, dropout 0.5).
+        feature_layer: ``block5`` (the whole conv base) or ``block4`` (see ``project.models.backbone``).
+        mirror: average the predictions of each face and its mirror image (and, with the cache, train on both).
+        head: ``notebook`` (:class:`AgeGroupHead`) or ``compact`` (:class:`CompactAgeHead`).
+        target: ``group`` (5 logits, cross-entropy) or ``age`` (125 per-year logits trained on soft targets of width
+            ``age_sigma`` plus the group log-likelihood; the group probabilities are sums over years).
+        optimizer: ``adam`` or ``adamw``; schedule: ``constant`` or ``onecycle`` (warm-up + cosine over the run).
 
-    The batch may hold images (``N x 3 x S x S``) or cached conv-base features (``N x 512 x S/32 x S/32``); the
-    channel count tells them apart, so the same checkpoint serves cached training and raw-image prediction.
+    The batch may hold images (``N x 3 x S x S``), cached conv-base features (``N x 512 x S/32 x S/32``) or several
+    views of them (``N x V x ...``, averaged); the shape tells them apart, so the same checkpoint serves cached
+    training and raw-image prediction. :meth:`logits` always returns group logits.
     """
 
     def __init__(
@@ -60,13 +78,32 @@ class LitClassifier(pl.LightningModule):
         hidden_sizes: Sequence[int] = (1000, 256),
         dropout: float = 0.5,
         num_classes: int = NUM_CLASSES,
+        feature_layer: str = "block5",
+        mirror: bool = False,
+        head: str = "notebook",
+        target: str = "group",
+        age_sigma: float = 3.0,
+        optimizer: str = "adam",
+        schedule: str = "constant",
     ) -> None:
         super().__init__()
+        for name, value, allowed in (("head", head, HEADS), ("target", target, TARGETS),
+                                     ("optimizer", optimizer, OPTIMIZERS), ("schedule", schedule, SCHEDULES)):
+            if value not in allowed:
+                raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
+        if target == "age" and num_classes != NUM_CLASSES:
+            raise ValueError("the per-year age target is defined for the five 25-year groups only")
         self.save_hyperparameters()
         self.hparams.hidden_sizes = list(hidden_sizes)  # plain list: loads with weights_only=True
-        self.backbone = build_backbone("none" if _RESTORING_FROM_CHECKPOINT.get() else backbone_weights)
+        weights = "none" if _RESTORING_FROM_CHECKPOINT.get() else backbone_weights
+        self.backbone = build_backbone(weights, feature_layer)
         self.backbone.to(memory_format=torch.channels_last)  # ~40 % faster convolutions on CPU
-        self.head = AgeGroupHead(math.prod(feature_shape(image_size)), hidden_sizes, dropout, num_classes)
+        channels, side, _ = feature_shape(image_size)
+        outputs = AGE_BINS if target == "age" else num_classes
+        if head == "compact":
+            self.head = CompactAgeHead(channels, side, outputs, dropout=dropout)
+        else:
+            self.head = AgeGroupHead(channels * side * side, hidden_sizes, dropout, outputs)
         self.criterion = nn.CrossEntropyLoss()
         metrics = MetricCollection(
             {
@@ -100,22 +137,54 @@ class LitClassifier(pl.LightningModule):
 
     # -- forward ---------------------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Preprocessed images ``N x 3 x S x S`` -> logits ``N x 5``."""
-        with torch.no_grad():
-            features = self.backbone(images)
-        return self.head(features)
+        """Preprocessed images ``N x 3 x S x S`` -> group logits ``N x 5`` (mirror-averaged when ``mirror``)."""
+        return self.logits(images)
 
     def logits(self, batch_input: torch.Tensor) -> torch.Tensor:
-        """Logits for a batch of images or of cached conv-base features."""
-        if batch_input.dim() == 4 and batch_input.shape[1] == FEATURE_CHANNELS:
-            return self.head(batch_input)
-        return self(batch_input)
+        """Group logits for a batch of images or cached features, ``N x ...`` or with views ``N x V x ...``.
+
+        Views (a face and its mirror image) are averaged as probabilities; the result is then their log, which is
+        a valid logit vector (its softmax gives the averaged probabilities back). With ``mirror``, a batch of images
+        gets its mirror view here; cached features come with both views from the DataModule.
+        """
+        if self.hparams.mirror and batch_input.dim() == 4 and batch_input.shape[1] != FEATURE_CHANNELS:
+            batch_input = torch.stack([batch_input, mirror(batch_input)], dim=1)
+        if batch_input.dim() == 5:
+            count, views = batch_input.shape[:2]
+            per_view = self._group_logits(batch_input.flatten(0, 1)).view(count, views, -1)
+            return torch.logsumexp(torch.log_softmax(per_view, dim=2), dim=1) - math.log(views)
+        return self._group_logits(batch_input)
+
+    def _outputs(self, batch_input: torch.Tensor) -> torch.Tensor:
+        """The head's raw outputs (5 group logits or 125 per-year logits) for images or features."""
+        if batch_input.shape[1] != FEATURE_CHANNELS:
+            with torch.no_grad():
+                batch_input = self.backbone(batch_input)
+        return self.head(batch_input)
+
+    def _group_logits(self, batch_input: torch.Tensor) -> torch.Tensor:
+        outputs = self._outputs(batch_input)
+        return group_log_probs(outputs) if self.hparams.target == "age" else outputs
 
     # -- steps -----------------------------------------------------------------------------------------------
+    def _training_loss(self, inputs: torch.Tensor, groups: torch.Tensor, ages: torch.Tensor):
+        """The training objective and the group logits it came from."""
+        outputs = self._outputs(inputs)
+        if self.hparams.target != "age":
+            return self.criterion(outputs, groups), outputs
+        logits = group_log_probs(outputs)
+        soft_targets = age_distribution(ages, self.hparams.age_sigma)
+        per_year = -(soft_targets * torch.log_softmax(outputs.float(), dim=1)).sum(dim=1).mean()
+        # the per-year term teaches the age scale; the group term keeps the decision the one that is scored
+        return per_year + nn.functional.nll_loss(logits, groups), logits
+
     def _shared_step(self, batch, split: str) -> torch.Tensor:
-        inputs, targets = batch
-        logits = self.logits(inputs)
-        loss = self.criterion(logits, targets)
+        inputs, targets, ages = batch
+        if split == "train":
+            loss, logits = self._training_loss(inputs, targets, ages)
+        else:
+            logits = self.logits(inputs)
+            loss = self.criterion(logits, targets)  # group cross-entropy: comparable across recipes
         metrics = getattr(self, f"{split}_metrics")
         metrics.update(logits, targets)
         mean_loss = getattr(self, f"{split}_loss")
@@ -159,7 +228,11 @@ class LitClassifier(pl.LightningModule):
 
     # -- optimisation ----------------------------------------------------------------------------------------
     def configure_optimizers(self):
-        """Adam over the head only; weight decay on the hidden kernels, none on biases or the output layer."""
+        """The optimizer over the head only (the backbone is frozen), weight decay on kernels only.
+
+        ``adam`` reproduces Keras' l2 (coupled decay on the two hidden kernels); ``adamw`` decays every kernel.
+        ``onecycle`` warms up for 10 % of the steps and then follows a cosine down, stepping every batch.
+        """
         decayed = list(self.head.regularized_weights())
         decayed_ids = {id(p) for p in decayed}
         others = [p for p in self.head.parameters() if id(p) not in decayed_ids]
@@ -168,7 +241,15 @@ class LitClassifier(pl.LightningModule):
             {"params": others, "weight_decay": 0.0},
         ]
         # The fused kernel makes the per-step update of 25 M parameters a single pass over memory.
-        return torch.optim.Adam(groups, lr=self.hparams.lr, fused=True)
+        optimizer_class = torch.optim.AdamW if self.hparams.optimizer == "adamw" else torch.optim.Adam
+        optimizer = optimizer_class(groups, lr=self.hparams.lr, fused=True)
+        if self.hparams.schedule != "onecycle":
+            return optimizer
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=self.hparams.lr, total_steps=max(1, int(self.trainer.estimated_stepping_batches)),
+            pct_start=0.1,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
 def load_classifier(path, map_location=None) -> LitClassifier:

@@ -74,6 +74,15 @@ def build_transform(image_size: int) -> T.Compose:
     )
 
 
+def mirror(images: torch.Tensor) -> torch.Tensor:
+    """The left-right mirror image of preprocessed images (``... x H x W``).
+
+    A mirrored face is as valid an example of its age as the original: the default recipe trains on both and
+    averages both views' predictions. Training, the feature cache and prediction all mirror through this function.
+    """
+    return images.flip(-1)
+
+
 def preprocess(source: ImageInput, image_size: int) -> torch.Tensor:
     """Load and preprocess one image: the exact tensor the model sees during training."""
     return build_transform(image_size)(load_rgb_image(source))

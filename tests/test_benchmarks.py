@@ -27,6 +27,10 @@ def test_accuracy_metrics_from_a_confusion_matrix():
     assert metrics["within_one_group"] == pytest.approx(35 / 35)
     table = accuracy.markdown("notebook", [run, run], [0, 1])
     assert "| accuracy | 65.7 % ± 0.0 |" in table and "| 100-124 | 0 | 0 | 0 | 1 | 0 |" in table
+    better = dict(run, test_acc=0.7, test_f1=0.6)
+    compared = accuracy.comparison(["notebook", "default"], {"notebook": [run, run], "default": [better, run]}, [0, 1])
+    assert "| 0 | 65.7 % / 0.500 | 70.0 % / 0.600 |" in compared
+    assert "`default` beats `notebook` in test accuracy on 1 of 2 seeds." in compared
 
 
 def test_speed_benchmark_runs_on_a_tiny_set(utkface_dir, cache_dir, tmp_path):

@@ -134,8 +134,9 @@ def test_datamodule_with_archive_and_split_file(utkface_archive, cache_dir, tmp_
     dm.setup("fit")
     assert [len(dm.split[n]) for n in ("train", "val", "test")] == [50, 5, 5]
     assert dm.class_counts()["test"] == [1, 1, 1, 1, 1]
-    images, labels = next(iter(dm.train_dataloader()))
+    images, labels, ages = next(iter(dm.train_dataloader()))
     assert images.shape == (4, 3, 32, 32) and labels.dtype.is_floating_point is False
+    assert all(age // 25 == label for age, label in zip(ages.tolist(), labels.tolist()))
     split_path = dm.save_split(tmp_path / "split.json")
     saved = json.loads(split_path.read_text())
     assert saved["seed"] == 7 and len(saved["test"]) == 5

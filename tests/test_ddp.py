@@ -39,11 +39,14 @@ def test_two_process_ddp_fit_matches_single_process_test(cli_args, tmp_path, cac
     assert single["confusion_matrix"] == ddp["confusion_matrix"]
     assert single["test_loss"] == pytest.approx(ddp["test_loss"], abs=1e-6)
 
-    # The cache the two processes built (one wrote it, the other waited) equals a single-process build.
+    # The caches the two processes built (one wrote each, the other waited) equal single-process builds: the
+    # default recipe's two, of the faces and of their mirror images.
     built = sorted((cache_dir / "features").glob("*.npy"))
-    assert len(built) == 1
+    assert len(built) == 2
     model = LitClassifier.load_from_checkpoint(ddp["checkpoint"])
     items = scan_utkface(utkface_dir).items
-    fresh = FeatureCacheBuilder(model.backbone, 32, "32-true", tmp_path / "single_cache", num_workers=0,
-                                progress=False).build(utkface_dir, items)
-    assert np.array_equal(np.load(built[0]), np.asarray(fresh.array))
+    for path in built:
+        mirrored = json.loads(path.with_suffix(".json").read_text())["mirrored"]
+        fresh = FeatureCacheBuilder(model.backbone, 32, "32-true", tmp_path / "single_cache", num_workers=0,
+                                    progress=False, mirrored=mirrored).build(utkface_dir, items)
+        assert np.array_equal(np.load(path), np.asarray(fresh.array)), mirrored

@@ -9,11 +9,12 @@ from project.datasets.utkface import FaceImageDataset, UTKFaceDataModule, scan_u
 from project.features import FeatureCacheBuilder
 from project.lit_classifier_main import LitClassifier
 from project.models.backbone import build_backbone
+from project.recipes import DEFAULT
 
 
-def make_builder(backbone, cache_dir, image_size=32, precision="32-true"):
+def make_builder(backbone, cache_dir, image_size=32, precision="32-true", mirrored=False):
     return FeatureCacheBuilder(backbone, image_size, precision, cache_dir, batch_size=16, num_workers=0,
-                               progress=False)
+                               progress=False, mirrored=mirrored)
 
 
 def test_logits_from_cache_equal_logits_from_images(utkface_dir, cache_dir):
@@ -22,13 +23,44 @@ def test_logits_from_cache_equal_logits_from_images(utkface_dir, cache_dir):
     dm = UTKFaceDataModule(utkface_dir, batch_size=16, image_size=32, num_workers=0, cache_dir=cache_dir)
     dm.use_feature_cache(make_builder(model.backbone, cache_dir))
     dm.setup("test")
-    cached = torch.cat([model.logits(x) for x, _ in dm.test_dataloader()])
+    cached = torch.cat([model.logits(x) for x, *_ in dm.test_dataloader()])
     raw = FaceImageDataset(dm.root, dm.split_items("test"), 32)
     images = torch.stack([raw[i][0] for i in range(len(raw))])
     with torch.no_grad():
         direct = model(images)
     assert cached.shape == direct.shape == (5, 5)
     assert torch.allclose(cached, direct, atol=1e-4)
+
+
+def test_default_recipe_from_the_two_caches_equals_the_image_path(utkface_dir, cache_dir):
+    """Block-4 features of each face and of its mirror image, averaged: cached == computed from the JPEGs."""
+    torch.manual_seed(0)
+    model = LitClassifier(image_size=32, backbone_weights="none", **DEFAULT.model_kwargs()).eval()
+    dm = UTKFaceDataModule(utkface_dir, batch_size=16, image_size=32, num_workers=0, cache_dir=cache_dir, mirror=True)
+    dm.use_feature_cache(make_builder(model.backbone, cache_dir),
+                         make_builder(model.backbone, cache_dir, mirrored=True))
+    dm.setup("test")
+    batch = next(iter(dm.test_dataloader()))[0]
+    assert batch.shape == (5, 2, 512, 1, 1)  # each face and its mirror image
+    with torch.no_grad():
+        cached = model.logits(batch)
+        raw = FaceImageDataset(dm.root, dm.split_items("test"), 32)
+        direct = model(torch.stack([raw[i][0] for i in range(len(raw))]))
+    assert torch.allclose(cached, direct, atol=1e-4)
+
+
+def test_key_of_the_original_cache_is_unchanged_and_new_options_get_their_own(utkface_dir, cache_dir):
+    relpaths = [item.relpath for item in scan_utkface(utkface_dir).items]
+    torch.manual_seed(0)
+    block5 = make_builder(build_backbone("none"), cache_dir)
+    identity = block5._key_and_identity(utkface_dir, relpaths)[1]
+    assert "layer" not in identity and "mirrored" not in identity  # caches made before these options stay valid
+    torch.manual_seed(0)
+    block4 = build_backbone("none", "block4")
+    keys = {block5.key(utkface_dir, relpaths), make_builder(block4, cache_dir).key(utkface_dir, relpaths),
+            make_builder(block4, cache_dir, mirrored=True).key(utkface_dir, relpaths),
+            make_builder(block5.backbone, cache_dir, mirrored=True).key(utkface_dir, relpaths)}
+    assert len(keys) == 4
 
 
 def test_key_changes_with_weights_size_and_files(utkface_dir, cache_dir):

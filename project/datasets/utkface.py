@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from project.age_groups import GROUP_LABELS, NUM_CLASSES, age_to_group
 from project.errors import UserError
 from project.fileutils import exclusive_lock, write_json_atomic
-from project.transforms import build_transform, load_rgb_image
+from project.transforms import build_transform, load_rgb_image, mirror
 
 log = logging.getLogger(__name__)
 
@@ -295,56 +295,104 @@ def stratified_split(
 UNDECODABLE = -1
 
 
+#: How a dataset serves mirror images (see ``project.transforms.mirror``): ``none``; ``always`` (the mirrored feature
+#: cache is built from these); ``random`` (training: each item mirrored with probability 1/2); ``both`` (evaluation:
+#: ``2 x ...`` per item, the original then its mirror image, averaged by the model).
+MIRROR_MODES = ("none", "always", "random", "both")
+
+
+def _draw_mirror() -> bool:
+    """One fair coin from torch's global RNG, per item: the image and the cached-feature datasets draw the same
+    sequence, so training with and without the feature cache sees the same mirror images (and EpochSeeding reseeds
+    it every epoch, so a resumed run does too)."""
+    return bool(torch.rand(()) < 0.5)
+
+
+def _check_mirror_mode(mode: str) -> str:
+    if mode not in MIRROR_MODES:
+        raise ValueError(f"unknown mirror mode {mode!r}; choose one of {', '.join(MIRROR_MODES)}")
+    return mode
+
+
 class FaceImageDataset(Dataset):
-    """Decoded, preprocessed images: ``(3 x S x S tensor, group)`` for the given items.
+    """Decoded, preprocessed images: ``(3 x S x S tensor, group, age)`` for the given items.
 
     A file that passed the cheap header check but cannot be decoded raises a one-line :class:`UserError`, or, with
     ``mark_undecodable`` (used by the feature-cache build, which decodes every image once up front), yields a zero
-    image with label :data:`UNDECODABLE` so the caller can skip and report it.
+    image with group :data:`UNDECODABLE` so the caller can skip and report it. ``mirror``: see :data:`MIRROR_MODES`.
     """
 
-    def __init__(self, root: Path, items: Sequence[FaceItem], image_size: int, mark_undecodable: bool = False):
+    def __init__(self, root: Path, items: Sequence[FaceItem], image_size: int, mark_undecodable: bool = False,
+                 mirror: str = "none"):
         self.root = Path(root)
         self.items = list(items)
         self.image_size = image_size
         self.transform = build_transform(image_size)
         self.mark_undecodable = mark_undecodable
+        self.mirror = _check_mirror_mode(mirror)
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int, int]:
         item = self.items[index]
         path = self.root / item.relpath
         try:
             image = load_rgb_image(path)
         except Exception as err:  # passed the header check, but the pixel data is broken
             if self.mark_undecodable:
-                return torch.zeros(3, self.image_size, self.image_size), UNDECODABLE
+                return torch.zeros(3, self.image_size, self.image_size), UNDECODABLE, item.age
             reason = " ".join(str(err).split())[:160]
             raise UserError(f"cannot decode {path} ({type(err).__name__}: {reason}); delete or replace it") from None
-        return self.transform(image), item.group
+        tensor = self.transform(image)
+        if self.mirror == "always" or (self.mirror == "random" and _draw_mirror()):
+            tensor = mirror(tensor)
+        elif self.mirror == "both":
+            tensor = torch.stack([tensor, mirror(tensor)])
+        return tensor, item.group, item.age
 
 
 class CachedFeatureDataset(Dataset):
-    """Rows of a feature cache: ``(C x H x W float tensor, group)``, read a whole batch at a time."""
+    """Rows of a feature cache: ``(C x H x W float tensor, group, age)``, read a whole batch at a time.
 
-    def __init__(self, cache, rows: np.ndarray, labels: np.ndarray) -> None:
+    With ``mirror_cache`` (the features of the mirrored images, same rows) and ``mirror`` ``random`` or ``both``,
+    items come from either cache or from both (see :data:`MIRROR_MODES`).
+    """
+
+    def __init__(self, cache, rows: np.ndarray, groups: Sequence[int], ages: Sequence[int],
+                 mirror_cache=None, mirror: str = "none") -> None:
         self.cache = cache
+        self.mirror_cache = mirror_cache
+        self.mirror = _check_mirror_mode(mirror)
+        if self.mirror != "none" and mirror_cache is None:
+            raise ValueError(f"mirror={mirror!r} needs the mirrored feature cache")
         self.rows = np.asarray(rows, dtype=np.int64)
-        self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        self.groups = torch.as_tensor(np.asarray(groups), dtype=torch.long)
+        self.ages = torch.as_tensor(np.asarray(ages), dtype=torch.long)
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        features, labels = self.__getitems__([index])
-        return features[0], labels[0]
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        features, groups, ages = self.__getitems__([index])
+        return features[0], groups[0], ages[0]
 
-    def __getitems__(self, indices: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    def __getitems__(self, indices: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One fancy-indexed read of the memory map for the whole batch (DataLoader calls this when present)."""
         indices = np.asarray(indices, dtype=np.int64)
-        return self.cache.read(self.rows[indices]), self.labels[indices]
+        rows = self.rows[indices]
+        if self.mirror == "none":
+            features = self.cache.read(rows)
+        elif self.mirror == "always":
+            features = self.mirror_cache.read(rows)
+        elif self.mirror == "both":
+            features = torch.stack([self.cache.read(rows), self.mirror_cache.read(rows)], dim=1)
+        else:
+            mirrored = np.array([_draw_mirror() for _ in rows], dtype=bool)
+            features = self.cache.read(rows)
+            if mirrored.any():
+                features[torch.from_numpy(mirrored)] = self.mirror_cache.read(rows[mirrored])
+        return features, self.groups[indices], self.ages[indices]
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -392,6 +440,8 @@ class UTKFaceDataModule(pl.LightningDataModule):
         cache_dir: where archives are extracted (default ``~/.cache/age-group-classifier``).
         split_file: a ``split.json`` from an earlier run; its val/test images are used instead of a new split.
         strict_data: raise an error instead of skipping unusable files.
+        mirror: train on randomly mirrored faces and evaluate each face together with its mirror image (the model
+            averages both); with the feature cache this needs a second cache of the mirrored images' features.
     """
 
     def __init__(
@@ -406,6 +456,7 @@ class UTKFaceDataModule(pl.LightningDataModule):
         strict_data: bool = False,
         test_fraction: float = 0.1,
         val_fraction: float = 0.1,
+        mirror: bool = False,
     ) -> None:
         super().__init__()
         self.data_dir = data_dir
@@ -418,7 +469,10 @@ class UTKFaceDataModule(pl.LightningDataModule):
         self.strict_data = strict_data
         self.test_fraction = test_fraction
         self.val_fraction = val_fraction
+        self.mirror = mirror
         self.feature_cache_builder = None
+        self.mirrored_cache_builder = None
+        self.mirrored_feature_cache = None
         self.root: Optional[Path] = None
         self.scan: Optional[ScanResult] = None
         self.split: Optional[Dict[str, np.ndarray]] = None
@@ -426,9 +480,13 @@ class UTKFaceDataModule(pl.LightningDataModule):
         self.datasets: Dict[str, Dataset] = {}
 
     # -- configuration ---------------------------------------------------------------------------------------
-    def use_feature_cache(self, builder) -> None:
-        """Serve cached conv-base features instead of images (``builder`` is a :class:`FeatureCacheBuilder`)."""
+    def use_feature_cache(self, builder, mirrored_builder=None) -> None:
+        """Serve cached conv-base features instead of images (``builder`` is a :class:`FeatureCacheBuilder`;
+        ``mirrored_builder`` makes the cache of the mirrored images, needed when ``mirror`` is on)."""
+        if self.mirror and mirrored_builder is None:
+            raise ValueError("mirror=True with the feature cache needs a builder of the mirrored images' cache")
         self.feature_cache_builder = builder
+        self.mirrored_cache_builder = mirrored_builder if self.mirror else None
 
     # -- lightning hooks -------------------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -452,6 +510,10 @@ class UTKFaceDataModule(pl.LightningDataModule):
             device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
             self.feature_cache = self.feature_cache_builder.build(self.root, self.scan.items, device=device)
             excluded = set(self.feature_cache.undecodable_rows)
+            if self.mirrored_cache_builder is not None:
+                self.mirrored_feature_cache = self.mirrored_cache_builder.build(self.root, self.scan.items,
+                                                                                device=device)
+                excluded |= set(self.mirrored_feature_cache.undecodable_rows)
             for row in sorted(excluded):
                 self.scan.skipped.append((self.scan.items[row].relpath, "cannot be decoded"))
         self._report_skipped()
@@ -469,20 +531,25 @@ class UTKFaceDataModule(pl.LightningDataModule):
                     f"empty; use at least 20 images"
                 )
         for name, indices in self.split.items():
-            self.datasets[name] = self._make_dataset(indices)
+            self.datasets[name] = self._make_dataset(indices, name)
 
-    def _make_dataset(self, indices: np.ndarray) -> Dataset:
+    def _make_dataset(self, indices: np.ndarray, name: str) -> Dataset:
         items = [self.scan.items[i] for i in indices]
+        mirror_mode = "none" if not self.mirror else ("random" if name == "train" else "both")
         if self.feature_cache is not None:
-            return CachedFeatureDataset(self.feature_cache, indices, [item.group for item in items])
-        return FaceImageDataset(self.root, items, self.image_size)
+            return CachedFeatureDataset(self.feature_cache, indices, [item.group for item in items],
+                                        [item.age for item in items], self.mirrored_feature_cache, mirror_mode)
+        return FaceImageDataset(self.root, items, self.image_size, mirror=mirror_mode)
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         dataset = self.datasets[name]
         sampler = EpochShuffleSampler(len(dataset), self.seed) if shuffle else self._evaluation_sampler(dataset)
+        # BatchNorm (the compact head) cannot train on a batch of one item: drop such a last batch, and only then.
+        drop_last = shuffle and self._items_per_process(len(dataset)) % self.batch_size == 1
         if isinstance(dataset, CachedFeatureDataset):
             # Reading a batch from the memory map costs far less than starting worker processes.
-            return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, collate_fn=_batched_collate)
+            return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, collate_fn=_batched_collate,
+                              drop_last=drop_last)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -490,7 +557,12 @@ class UTKFaceDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
+            drop_last=drop_last,
         )
+
+    def _items_per_process(self, size: int) -> int:
+        world = self.trainer.world_size if self.trainer is not None else 1
+        return -(-size // world)  # Lightning's distributed sampler pads every process to the same count
 
     def _evaluation_sampler(self, dataset: Dataset) -> Optional[Sampler]:
         """Under DDP: each process gets a disjoint share of val/test, none padded or repeated.

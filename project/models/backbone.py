@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Dict, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models import VGG16_Weights, vgg16
 
@@ -27,6 +28,14 @@ FEATURE_CHANNELS = 512
 #: The five max-pool layers halve the size five times, so images smaller than 32 px give an empty map.
 MIN_IMAGE_SIZE = 32
 BACKBONE_PARAMS = 14_714_688
+
+
+#: Where the frozen conv base may be cut. ``block5`` is the whole conv base (the notebook); ``block4`` stops after
+#: block 4's max pool and averages 2x2 cells, so the features keep the same 512 x S/32 x S/32 shape. Block 4 holds
+#: the finer texture (wrinkles, skin) that age depends on; block 5 is tuned to ImageNet's object classes.
+FEATURE_LAYERS = ("block5", "block4")
+#: Index just past each block's max pool in ``torchvision.models.vgg16().features``.
+_BLOCK_END = {"block4": 24, "block5": 31}
 
 
 def feature_map_size(image_size: int) -> int:
@@ -50,8 +59,13 @@ class FrozenVGG16Features(nn.Module):
     change it (VGG16 has no dropout or batch norm in the conv base, but a frozen part should never be in train mode).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, layer: str = "block5") -> None:
         super().__init__()
+        if layer not in FEATURE_LAYERS:
+            raise ValueError(f"unknown feature layer {layer!r}; choose one of {', '.join(FEATURE_LAYERS)}")
+        #: ``block5`` (the whole conv base) or ``block4`` (see :data:`FEATURE_LAYERS`)
+        self.layer = layer
+        # All of VGG16's conv layers are kept whatever the cut, so every weights file and checkpoint has one layout.
         self.layers = vgg16(weights=None).features
         for param in self.layers.parameters():
             param.requires_grad_(False)
@@ -62,7 +76,10 @@ class FrozenVGG16Features(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Images ``N x 3 x S x S`` (ImageNet-normalised RGB) -> features ``N x 512 x S/32 x S/32``."""
-        return self.layers(images.contiguous(memory_format=torch.channels_last))
+        features = self.layers[:_BLOCK_END[self.layer]](images.contiguous(memory_format=torch.channels_last))
+        if self.layer == "block4":
+            features = F.avg_pool2d(features, 2)  # S/16 -> S/32: the same shape (and cache size) as block 5
+        return features
 
     def digest(self) -> str:
         """A hash of the weights themselves (not of a file name): part of the feature-cache key."""
@@ -136,9 +153,9 @@ def load_backbone_state_dict(weights: str) -> Optional[Dict[str, torch.Tensor]]:
     return _features_state_dict(_safe_torch_load(path), str(path))
 
 
-def build_backbone(weights: str = "imagenet") -> FrozenVGG16Features:
-    """A frozen VGG16 conv base with ``weights`` (see module docstring)."""
-    backbone = FrozenVGG16Features()
+def build_backbone(weights: str = "imagenet", layer: str = "block5") -> FrozenVGG16Features:
+    """A frozen VGG16 conv base with ``weights`` (see module docstring), cut after ``layer``."""
+    backbone = FrozenVGG16Features(layer)
     state = load_backbone_state_dict(weights)
     if state is not None:
         backbone.layers.load_state_dict(state)

@@ -44,3 +44,44 @@ class AgeGroupHead(nn.Module):
     def regularized_weights(self) -> Iterable[nn.Parameter]:
         """The hidden layers' weight matrices: the tensors Keras' ``l2`` regulariser applied to."""
         return [layer.weight for layer in self.hidden]
+
+
+class CompactAgeHead(nn.Module):
+    """A head that keeps the face's layout but few parameters: 1x1 conv (512 -> ``channels``) + BatchNorm, then
+    Flatten -> Dropout -> Linear(``hidden``) + BatchNorm -> Dropout -> Linear(``num_outputs``).
+
+    UTKFace faces are aligned, so *where* a feature fires matters (the notebook's flattened head keeps that, the
+    pooled heads lose it); squeezing the channels first cuts the 25 M-parameter head to ~1.7 M, which over-fits
+    far less on 21 k training images. ``num_outputs`` is 125 for the per-year age target of the default recipe.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        map_size: int,
+        num_outputs: int,
+        channels: int = 64,
+        hidden: int = 512,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.squeeze = nn.Sequential(
+            nn.Conv2d(in_channels, channels, kernel_size=1), nn.BatchNorm2d(channels), nn.ReLU(inplace=True)
+        )
+        self.classify = nn.Sequential(
+            nn.Flatten(),
+            nn.Dropout(dropout),
+            nn.Linear(channels * map_size * map_size, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_outputs),
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Features ``N x C x H x W`` -> ``N x num_outputs``."""
+        return self.classify(self.squeeze(features))
+
+    def regularized_weights(self) -> Iterable[nn.Parameter]:
+        """Conv and linear kernels (weight decay is for these, not for biases or BatchNorm)."""
+        return [p for p in self.parameters() if p.dim() > 1]
