@@ -43,6 +43,13 @@ CONFIG_FILE_NAME = "run_config.json"
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except ``None`` (flags whose default comes from the recipe say so in their help)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def _recipe_values(name: str) -> str:
     """Help text: what each recipe sets ``name`` to."""
     return "recipe: " + ", ".join(f"{recipe.name} {getattr(recipe, name)}" for recipe in RECIPES.values())
@@ -53,7 +60,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(
         prog=PROGRAM,
         description="Train (and test) a frozen-VGG16 age-group classifier on UTKFace, or re-test a checkpoint.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     data = parser.add_argument_group("data")
     data.add_argument("--data_dir", type=str, default=None, help="UTKFace folder or UTKFace.tar.gz")
