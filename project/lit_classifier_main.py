@@ -163,7 +163,10 @@ class LitClassifier(pl.LightningModule):
         return self.head(batch_input)
 
     def _group_logits(self, batch_input: torch.Tensor) -> torch.Tensor:
-        outputs = self._outputs(batch_input)
+        return self._as_group_logits(self._outputs(batch_input))
+
+    def _as_group_logits(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The head's outputs as group logits (per-year outputs become group log-probabilities)."""
         return group_log_probs(outputs) if self.hparams.target == "age" else outputs
 
     # -- steps -----------------------------------------------------------------------------------------------
@@ -171,7 +174,7 @@ class LitClassifier(pl.LightningModule):
         inputs, targets, ages = batch
         if split == "train":
             outputs = self._outputs(inputs)
-            logits = group_log_probs(outputs) if self.hparams.target == "age" else outputs
+            logits = self._as_group_logits(outputs)
         else:
             logits = self.logits(inputs)
         # The logged loss is the group cross-entropy in every split and recipe, so the curves compare.

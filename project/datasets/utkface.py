@@ -389,9 +389,10 @@ class CachedFeatureDataset(Dataset):
             features = torch.stack([self.cache.read(rows), self.mirror_cache.read(rows)], dim=1)
         else:
             mirrored = np.array([_draw_mirror() for _ in rows], dtype=bool)
-            features = self.cache.read(rows)
-            if mirrored.any():
-                features[torch.from_numpy(mirrored)] = self.mirror_cache.read(rows[mirrored])
+            original = self.cache.read(rows[~mirrored])  # each row read once, from the cache of its view
+            features = torch.empty((len(rows),) + tuple(original.shape[1:]), dtype=original.dtype)
+            features[torch.from_numpy(~mirrored)] = original
+            features[torch.from_numpy(mirrored)] = self.mirror_cache.read(rows[mirrored])
         return features, self.groups[indices], self.ages[indices]
 
 
