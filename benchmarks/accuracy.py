@@ -5,8 +5,9 @@
 
 Each (recipe, seed) is a normal training run of ``project/lit_classifier_main.py --recipe R --seed S`` (so the numbers
 are exactly what a user gets); per recipe the table reports mean ± std over seeds of test accuracy, macro-F1,
-balanced accuracy, per-group recall, within-one-group accuracy, test loss, epochs and wall time, plus the confusion
-matrix of the first seed; with several recipes, a per-seed comparison of each against the first follows.
+balanced accuracy, per-group recall, within-one-group accuracy, test loss, epochs, wall time and, for recipes that
+calibrate, the expected calibration error (15 bins) and the fitted temperature, plus the confusion matrix of the
+first seed; with several recipes, a per-seed comparison of each against the first follows.
 Finished runs in ``--work_dir/RECIPE/seed_S`` are reused. Extra arguments after ``--`` go to every training command.
 """
 
@@ -34,7 +35,7 @@ def derived_metrics(run: Dict) -> Dict[str, float]:
     recalls = [row[i] / sum(row) if sum(row) else float("nan") for i, row in enumerate(confusion)]
     present = [r for r in recalls if r == r]
     within_one = sum(confusion[i][j] for i in range(len(confusion)) for j in range(len(confusion)) if abs(i - j) <= 1)
-    return {
+    metrics = {
         "accuracy": run["test_acc"],
         "macro_f1": run["test_f1"],
         "balanced_accuracy": sum(present) / len(present),
@@ -44,6 +45,10 @@ def derived_metrics(run: Dict) -> Dict[str, float]:
         "wall_time_min": run["wall_time_s"] / 60,
         **{f"recall {label}": value for label, value in zip(GROUP_LABELS, recalls)},
     }
+    if "test_calibration_error" in run:  # runs from before calibration have neither
+        metrics["calibration_error"] = run["test_calibration_error"]
+        metrics["temperature"] = run["temperature"]
+    return metrics
 
 
 def run_seed(recipe: str, seed: int, args, passthrough: List[str]) -> Dict:
@@ -65,10 +70,10 @@ def markdown(name: str, runs: List[Dict], seeds: List[int]) -> str:
     per_seed = [derived_metrics(run) for run in runs]
     lines = [f"### Recipe `{name}`: {len(runs)} seeds ({', '.join(map(str, seeds))}), "
              f"{runs[0]['test_images']} test images each", "", "| metric | mean ± std | per seed |", "|---|---|---|"]
-    for key in per_seed[0]:
+    for key in [key for key in per_seed[0] if all(key in m for m in per_seed)]:
         values = [m[key] for m in per_seed]
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        percent = key not in ("test_loss", "epochs", "wall_time_min")
+        percent = key not in ("test_loss", "epochs", "wall_time_min", "temperature")
         fmt = (lambda v: f"{100 * v:.1f} %") if percent else (lambda v: f"{v:.2f}")
         lines.append(f"| {key} | {fmt(statistics.mean(values))} ± {fmt(spread).replace(' %', '')} | "
                      f"{' / '.join(fmt(v) for v in values)} |")

@@ -18,18 +18,21 @@ if __package__ in (None, ""):  # run as a script: make ``import project`` work w
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
-from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics import CatMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
+    MulticlassCalibrationError,
     MulticlassConfusionMatrix,
     MulticlassF1Score,
     MulticlassRecall,
 )
 
 from project.age_groups import AGE_BINS, GROUP_LABELS, NUM_CLASSES, age_distribution, group_log_probs
+from project import calibration
 from project.models.backbone import FEATURE_CHANNELS, build_backbone, feature_shape
-from project.models.head import AgeGroupHead, CompactAgeHead
+from project.models.head import AgeGroupHead, CompactAgeHead, HeadEnsemble
 from project.transforms import mirror
 
 HEADS = ("notebook", "compact")
@@ -63,6 +66,11 @@ class LitClassifier(pl.LightningModule):
         target: ``group`` (5 logits, cross-entropy) or ``age`` (125 per-year logits trained on soft targets of width
             ``age_sigma`` plus the group log-likelihood; the group probabilities are sums over years).
         optimizer: ``adam`` or ``adamw``; schedule: ``constant`` or ``onecycle`` (warm-up + cosine over the run).
+        ensemble_size: how many heads (each with its own initialisation) train side by side on the same batches;
+            the prediction averages their probabilities (:class:`HeadEnsemble`). 1 is a single head.
+        calibrate: fit a temperature on every validation pass (the one of the saved epoch goes into its checkpoint)
+            and divide test and prediction logits by it, so the probabilities match observed frequencies; no
+            prediction changes (:mod:`project.calibration`).
 
     The batch may hold images (``N x 3 x S x S``), cached conv-base features (``N x 512 x S/32 x S/32``) or several
     views of them (``N x V x ...``, averaged); the shape tells them apart, so the same checkpoint serves cached
@@ -85,12 +93,16 @@ class LitClassifier(pl.LightningModule):
         age_sigma: float = 3.0,
         optimizer: str = "adam",
         schedule: str = "constant",
+        ensemble_size: int = 1,
+        calibrate: bool = False,
     ) -> None:
         super().__init__()
         for name, value, allowed in (("head", head, HEADS), ("target", target, TARGETS),
                                      ("optimizer", optimizer, OPTIMIZERS), ("schedule", schedule, SCHEDULES)):
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
+        if ensemble_size < 1:
+            raise ValueError(f"ensemble_size must be at least 1, got {ensemble_size}")
         if target == "age" and num_classes != NUM_CLASSES:
             raise ValueError("the per-year age target is defined for the five 25-year groups only")
         self.save_hyperparameters()
@@ -100,10 +112,14 @@ class LitClassifier(pl.LightningModule):
         self.backbone.to(memory_format=torch.channels_last)  # ~40 % faster convolutions on CPU
         channels, side, _ = feature_shape(image_size)
         outputs = AGE_BINS if target == "age" else num_classes
-        if head == "compact":
-            self.head = CompactAgeHead(channels, side, outputs, dropout=dropout)
-        else:
-            self.head = AgeGroupHead(channels * side * side, hidden_sizes, dropout, outputs)
+
+        def new_head() -> nn.Module:
+            if head == "compact":
+                return CompactAgeHead(channels, side, outputs, dropout=dropout)
+            return AgeGroupHead(channels * side * side, hidden_sizes, dropout, outputs)
+
+        # A single head stays a bare module, so checkpoints from before ensembles keep their parameter names.
+        self.head = new_head() if ensemble_size == 1 else HeadEnsemble([new_head() for _ in range(ensemble_size)])
         self.criterion = nn.CrossEntropyLoss()
         metrics = MetricCollection(
             {
@@ -118,6 +134,11 @@ class LitClassifier(pl.LightningModule):
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         self.test_recall = MulticlassRecall(num_classes, average=None)
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
+        self.test_calibration = MulticlassCalibrationError(num_classes, n_bins=15)
+        #: divides the group logits of test and prediction; saved in checkpoints (1.0 = uncalibrated)
+        self.temperature = 1.0
+        # Raw validation logits and labels of the current pass (gathered across processes) to fit the temperature.
+        self.val_logits, self.val_targets = CatMetric(nan_strategy="disable"), CatMetric(nan_strategy="disable")
         self.test_results: Dict[str, Any] = {}
 
     # -- restoring -------------------------------------------------------------------------------------------
@@ -135,10 +156,18 @@ class LitClassifier(pl.LightningModule):
         finally:
             _RESTORING_FROM_CHECKPOINT.reset(token)
 
+    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        checkpoint["temperature"] = float(self.temperature)
+
+    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        # Checkpoints from before calibration existed have none: they stay uncalibrated.
+        self.temperature = float(checkpoint.get("temperature", 1.0))
+
     # -- forward ---------------------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Preprocessed images ``N x 3 x S x S`` -> group logits ``N x 5`` (mirror-averaged when ``mirror``)."""
-        return self.logits(images)
+        """Preprocessed images ``N x 3 x S x S`` -> calibrated group logits ``N x 5`` (mirror-averaged when
+        ``mirror``, divided by the fitted :attr:`temperature`)."""
+        return self.logits(images) / self.temperature
 
     def logits(self, batch_input: torch.Tensor) -> torch.Tensor:
         """Group logits for a batch of images or cached features, ``N x ...`` or with views ``N x V x ...``.
@@ -156,18 +185,42 @@ class LitClassifier(pl.LightningModule):
         return self._group_logits(batch_input)
 
     def _outputs(self, batch_input: torch.Tensor) -> torch.Tensor:
-        """The head's raw outputs (5 group logits or 125 per-year logits) for images or features."""
+        """Every head's raw outputs (5 group logits or 125 per-year logits), ``N x heads x outputs``."""
         if batch_input.shape[1] != FEATURE_CHANNELS:
             with torch.no_grad():
                 batch_input = self.backbone(batch_input)
-        return self.head(batch_input)
+        outputs = self.head(batch_input)
+        return outputs if outputs.dim() == 3 else outputs.unsqueeze(1)
 
     def _group_logits(self, batch_input: torch.Tensor) -> torch.Tensor:
         return self._as_group_logits(self._outputs(batch_input))
 
+    def _per_head_group_logits(self, outputs: torch.Tensor) -> torch.Tensor:
+        """``N x heads x outputs`` -> group logits of each head, ``N x heads x 5`` (per-year outputs become group
+        log-probabilities)."""
+        if self.hparams.target != "age":
+            return outputs
+        return group_log_probs(outputs.flatten(0, 1)).view(*outputs.shape[:2], -1)
+
     def _as_group_logits(self, outputs: torch.Tensor) -> torch.Tensor:
-        """The head's outputs as group logits (per-year outputs become group log-probabilities)."""
-        return group_log_probs(outputs) if self.hparams.target == "age" else outputs
+        """The heads' outputs as one set of group logits: a single head's own, or the log of the heads' averaged
+        probabilities."""
+        per_head = self._per_head_group_logits(outputs)
+        if per_head.shape[1] == 1:
+            return per_head[:, 0]
+        return torch.logsumexp(torch.log_softmax(per_head.float(), dim=2), dim=1) - math.log(per_head.shape[1])
+
+    def _objective(self, outputs: torch.Tensor, targets: torch.Tensor, ages: torch.Tensor) -> torch.Tensor:
+        """What training minimises: every head's own loss, averaged over heads (each head learns alone)."""
+        per_head = self._per_head_group_logits(outputs)
+        heads = per_head.shape[1]
+        if self.hparams.target != "age":
+            return self.criterion(per_head.flatten(0, 1), targets.repeat_interleave(heads))
+        group_loss = nn.functional.nll_loss(per_head.flatten(0, 1), targets.repeat_interleave(heads))  # log-probs
+        # Per-year soft targets teach the age scale; the group term keeps the scored decision in the objective.
+        soft_targets = age_distribution(ages, self.hparams.age_sigma).unsqueeze(1)
+        per_year = -(soft_targets * torch.log_softmax(outputs.float(), dim=2)).sum(dim=2).mean()
+        return per_year + group_loss
 
     # -- steps -----------------------------------------------------------------------------------------------
     def _shared_step(self, batch, split: str) -> torch.Tensor:
@@ -175,16 +228,18 @@ class LitClassifier(pl.LightningModule):
         if split == "train":
             outputs = self._outputs(inputs)
             logits = self._as_group_logits(outputs)
+        elif split == "val":
+            logits = self.logits(inputs)  # raw: the temperature is fitted on these
+            if self.hparams.calibrate:
+                self.val_logits.update(logits.detach().float())
+                self.val_targets.update(targets)
         else:
-            logits = self.logits(inputs)
+            logits = self.forward(inputs)
         # The logged loss is the group cross-entropy in every split and recipe, so the curves compare.
         loss = self.criterion(logits, targets)
         objective = loss
-        if split == "train" and self.hparams.target == "age":
-            # Per-year soft targets teach the age scale; the group term keeps the scored decision in the objective.
-            soft_targets = age_distribution(ages, self.hparams.age_sigma)
-            per_year = -(soft_targets * torch.log_softmax(outputs.float(), dim=1)).sum(dim=1).mean()
-            objective = per_year + nn.functional.nll_loss(logits, targets)  # logits are log-probabilities here
+        if split == "train" and (self.hparams.target == "age" or outputs.shape[1] > 1):
+            objective = self._objective(outputs, targets, ages)
             self.log("train_objective", objective.detach(), on_step=False, on_epoch=True, batch_size=len(targets))
         metrics = getattr(self, f"{split}_metrics")
         metrics.update(logits, targets)
@@ -197,6 +252,7 @@ class LitClassifier(pl.LightningModule):
         if split == "test":
             self.test_recall.update(logits, targets)
             self.test_confusion.update(logits, targets)
+            self.test_calibration.update(torch.softmax(logits.float(), dim=1), targets)
         return objective
 
     def training_step(self, batch, batch_idx):
@@ -210,7 +266,22 @@ class LitClassifier(pl.LightningModule):
 
     def predict_step(self, batch, batch_idx, dataloader_idx=0):
         inputs = batch[0] if isinstance(batch, (list, tuple)) else batch
-        return torch.softmax(self.logits(inputs).float(), dim=1)
+        return torch.softmax(self.forward(inputs).float(), dim=1)
+
+    def on_validation_epoch_end(self) -> None:
+        """Fit the temperature on this pass's raw validation logits (runs before ModelCheckpoint saves the epoch)."""
+        if not self.hparams.calibrate:
+            return
+        logits, targets = self.val_logits.compute(), self.val_targets.compute()
+        self.val_logits.reset()
+        self.val_targets.reset()
+        if self.trainer.sanity_checking or not len(targets):
+            return
+        if len(targets) < calibration.MIN_CALIBRATION_ITEMS and self.current_epoch == 0:
+            rank_zero_info(f"only {len(targets)} validation images: probabilities stay uncalibrated "
+                           f"(a temperature needs at least {calibration.MIN_CALIBRATION_ITEMS})")
+        self.temperature = calibration.fit_temperature(logits.view(len(targets), -1).cpu(), targets.long().cpu())
+        self.log("val_temperature", self.temperature)
 
     def on_test_epoch_start(self) -> None:
         self.test_results = {}
@@ -218,14 +289,18 @@ class LitClassifier(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         recall = self.test_recall.compute()
         confusion = self.test_confusion.compute()
+        calibration_error = float(self.test_calibration.compute())
+        self.log("test_calibration_error", calibration_error)
         for label, value in zip(GROUP_LABELS, recall):
             self.log(f"test_recall_{label}", value)
         self.test_results = {
             "recall": {label: float(v) for label, v in zip(GROUP_LABELS, recall)},
             "confusion_matrix": confusion.long().tolist(),
+            "temperature": float(self.temperature),
         }
         self.test_recall.reset()
         self.test_confusion.reset()
+        self.test_calibration.reset()
 
     # -- optimisation ----------------------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -28,6 +28,10 @@ class Recipe:
     #: ``group`` (5 classes) or ``age`` (125 one-year bins with soft targets, summed into the 5 groups)
     target: str
     age_sigma: float
+    #: heads trained side by side (different initialisation), their probabilities averaged; 1 = a single head
+    ensemble_size: int
+    #: fit a temperature on the validation split so the reported probabilities are calibrated (see calibration.py)
+    calibrate: bool
     #: ``adam`` (L2 as coupled weight decay on the hidden kernels, as Keras' l2) or ``adamw``
     optimizer: str
     lr: float
@@ -43,7 +47,8 @@ class Recipe:
         """The :class:`~project.lit_classifier_main.LitClassifier` arguments this recipe sets."""
         fields = asdict(self)
         return {key: fields[key] for key in (
-            "feature_layer", "mirror", "head", "target", "age_sigma", "optimizer", "lr", "weight_decay", "schedule",
+            "feature_layer", "mirror", "head", "target", "age_sigma", "ensemble_size", "calibrate", "optimizer",
+            "lr", "weight_decay", "schedule",
         )}
 
 
@@ -56,6 +61,8 @@ NOTEBOOK = Recipe(
     head="notebook",
     target="group",
     age_sigma=0.0,
+    ensemble_size=1,
+    calibrate=False,
     optimizer="adam",
     lr=1e-3,
     weight_decay=2e-3,
@@ -67,13 +74,15 @@ NOTEBOOK = Recipe(
 
 DEFAULT = Recipe(
     name="default",
-    summary="block-4 features of the face and its mirror image, compact head, per-year soft age targets, AdamW "
-            "with one-cycle cosine schedule, 20 epochs",
+    summary="block-4 features of the face and its mirror image, three compact heads averaged, per-year soft age "
+            "targets, AdamW with one-cycle cosine schedule, 20 epochs",
     feature_layer="block4",
     mirror=True,
     head="compact",
     target="age",
     age_sigma=3.0,
+    ensemble_size=3,
+    calibrate=True,
     optimizer="adamw",
     lr=1e-3,
     weight_decay=1e-2,

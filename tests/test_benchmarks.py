@@ -31,6 +31,10 @@ def test_accuracy_metrics_from_a_confusion_matrix():
     compared = accuracy.comparison(["notebook", "default"], {"notebook": [run, run], "default": [better, run]}, [0, 1])
     assert "| 0 | 65.7 % / 0.500 | 70.0 % / 0.600 |" in compared
     assert "`default` beats `notebook` in test accuracy on 1 of 2 seeds." in compared
+    calibrated = dict(run, test_calibration_error=0.02, temperature=0.9)
+    table = accuracy.markdown("default", [calibrated, dict(calibrated, test_calibration_error=0.04)], [0, 1])
+    assert "| calibration_error | 3.0 % ± 1.4 | 2.0 % / 4.0 % |" in table and "| temperature | 0.90 ± 0.00 |" in table
+    assert "calibration_error" not in accuracy.markdown("notebook", [run, calibrated], [0, 1])  # only if all have it
 
 
 def test_speed_benchmark_runs_on_a_tiny_set(utkface_dir, cache_dir, tmp_path):

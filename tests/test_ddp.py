@@ -38,6 +38,8 @@ def test_two_process_ddp_fit_matches_single_process_test(cli_args, tmp_path, cac
     assert single["test_acc"] == ddp["test_acc"]
     assert single["confusion_matrix"] == ddp["confusion_matrix"]
     assert single["test_loss"] == pytest.approx(ddp["test_loss"], abs=1e-6)
+    # the temperature travels in the checkpoint (1.0 here: 5 validation images are too few to fit one)
+    assert single["temperature"] == ddp["temperature"] == 1.0
 
     # The caches the two processes built (one wrote each, the other waited) equal single-process builds: the
     # default recipe's two, of the faces and of their mirror images.

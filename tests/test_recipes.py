@@ -58,7 +58,46 @@ def test_recipe_heads_have_the_documented_sizes():
         return sum(p.numel() for p in model.head.parameters())
 
     assert head_params(NOTEBOOK) == 25_346_541  # the Keras notebook's head
-    assert head_params(DEFAULT) == 1_704_253  # ~15x smaller
+    assert head_params(DEFAULT) == DEFAULT.ensemble_size * 1_704_253  # each compact head ~15x smaller
+
+
+def _ensemble_and_its_members(**overrides):
+    """A 3-head default model and, for each member, a single-head model holding that member's weights."""
+    kwargs = {**DEFAULT.model_kwargs(), "ensemble_size": 3, **overrides}
+    torch.manual_seed(0)
+    ensemble = LitClassifier(image_size=32, backbone_weights="none", **kwargs).eval()
+    singles = []
+    for member in ensemble.head.members:
+        single = LitClassifier(image_size=32, backbone_weights="none", **{**kwargs, "ensemble_size": 1}).eval()
+        single.backbone.load_state_dict(ensemble.backbone.state_dict())
+        single.head.load_state_dict(member.state_dict())
+        singles.append(single)
+    return ensemble, singles
+
+
+@pytest.mark.parametrize("target", ["age", "group"])
+def test_an_ensemble_predicts_the_mean_probability_of_its_heads(target):
+    ensemble, singles = _ensemble_and_its_members(target=target)
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        together = ensemble.predict_step(images, 0)
+        alone = torch.stack([single.predict_step(images, 0) for single in singles])
+    assert not torch.allclose(alone[0], alone[1], atol=1e-4)  # the heads start from different weights
+    assert torch.allclose(together, alone.mean(dim=0), atol=1e-5)
+
+
+def test_each_head_of_an_ensemble_learns_alone():
+    ensemble, singles = _ensemble_and_its_members()
+    features = torch.randn(6, 512, 1, 1)
+    targets, ages = torch.tensor([0, 1, 2, 3, 1, 0]), torch.tensor([3, 30, 60, 80, 45, 20])
+    objective = ensemble._objective(ensemble._outputs(features), targets, ages)
+    alone = [single._objective(single._outputs(features), targets, ages) for single in singles]
+    assert torch.allclose(objective, torch.stack(alone).mean(), atol=1e-5)  # the mean of the heads' own losses
+    objective.backward()
+    for single, member in zip(singles, ensemble.head.members):
+        single._objective(single._outputs(features), targets, ages).backward()
+        for ours, theirs in zip(member.parameters(), single.head.parameters()):
+            assert torch.allclose(ours.grad * len(singles), theirs.grad, atol=1e-5)  # no head sees another's loss
 
 
 def test_default_recipe_trains_with_adamw_and_a_one_cycle_schedule(cli_args, tmp_path):
@@ -70,6 +109,9 @@ def test_default_recipe_trains_with_adamw_and_a_one_cycle_schedule(cli_args, tmp
     hparams = checkpoint["hyper_parameters"]
     assert (hparams["head"], hparams["target"], hparams["feature_layer"], hparams["mirror"]) == (
         "compact", "age", "block4", True)
+    assert hparams["ensemble_size"] == DEFAULT.ensemble_size > 1
+    restored = LitClassifier.load_from_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert len(restored.head.members) == DEFAULT.ensemble_size
     assert checkpoint["lr_schedulers"][0]["total_steps"] == 2 * math.ceil(50 / 8)
     caches = sorted(json.loads(p.read_text())["mirrored"] for p in (tmp_path / "cache" / "features").glob("*.json"))
     assert caches == [False, True]  # the faces and their mirror images
