@@ -129,10 +129,28 @@ def test_bf16_cache_stores_bf16_values(utkface_dir, cache_dir):
     assert torch.allclose(bf16, fp32, rtol=0.05, atol=0.05)
 
 
-def test_undecodable_images_are_found_by_the_cache_build_and_skipped(utkface_dir, cache_dir, caplog):
-    """Header and end marker look fine, the pixel data is garbage: skipped and reported, not a crash."""
+def _write_undecodable_jpeg(utkface_dir):
+    """Header and end marker look fine (the scan's cheap check passes), the pixel data is garbage."""
     broken = utkface_dir / "33_0_0_20170116000000003.jpg.chip.jpg"
     broken.write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4 + b"\xff\xd9")
+    return broken
+
+
+def test_without_the_cache_undecodable_images_are_skipped_up_front(utkface_dir, caplog):
+    broken = _write_undecodable_jpeg(utkface_dir)
+    dm = UTKFaceDataModule(utkface_dir, batch_size=8, image_size=32, num_workers=0)
+    dm.setup("fit")
+    assert (broken.name, "cannot be decoded") in dm.scan.skipped
+    used = {dm.scan.items[i].relpath for name in ("train", "val", "test") for i in dm.split[name]}
+    assert broken.name not in used and len(used) == 60
+    assert any("skipped 1 of 61 files" in r.getMessage() for r in caplog.records)
+    for batch in dm.train_dataloader():  # and training reads every other image without stopping
+        assert (batch[1] >= 0).all()
+
+
+def test_undecodable_images_are_found_by_the_cache_build_and_skipped(utkface_dir, cache_dir, caplog):
+    """Header and end marker look fine, the pixel data is garbage: skipped and reported, not a crash."""
+    broken = _write_undecodable_jpeg(utkface_dir)
     backbone = build_backbone("none")
     dm = UTKFaceDataModule(utkface_dir, batch_size=8, image_size=32, num_workers=0, cache_dir=cache_dir)
     dm.use_feature_cache(make_builder(backbone, cache_dir))

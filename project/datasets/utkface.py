@@ -515,8 +515,10 @@ class UTKFaceDataModule(pl.LightningDataModule):
                 self.mirrored_feature_cache = self.mirrored_cache_builder.build(self.root, self.scan.items,
                                                                                 device=device)
                 excluded |= set(self.mirrored_feature_cache.undecodable_rows)
-            for row in sorted(excluded):
-                self.scan.skipped.append((self.scan.items[row].relpath, "cannot be decoded"))
+        else:
+            excluded = self._undecodable_rows()
+        for row in sorted(excluded):
+            self.scan.skipped.append((self.scan.items[row].relpath, "cannot be decoded"))
         self._report_skipped()
         usable = np.array([i for i in range(len(self.scan.items)) if i not in excluded], dtype=np.int64)
         if self.split_file:
@@ -533,6 +535,24 @@ class UTKFaceDataModule(pl.LightningDataModule):
                 )
         for name, indices in self.split.items():
             self.datasets[name] = self._make_dataset(indices, name)
+
+    def _undecodable_rows(self) -> set:
+        """Without a feature cache nothing decodes every image before training: decode each once here (tiny resize,
+        so it costs about what reading the files does) and return the rows that fail, so a broken file is skipped
+        and reported up front, as with the cache, instead of stopping the run in the middle of an epoch."""
+        from tqdm.auto import tqdm
+
+        check = FaceImageDataset(self.root, self.scan.items, image_size=32, mark_undecodable=True)
+        loader = DataLoader(check, batch_size=64, num_workers=self.num_workers)
+        rows: set = set()
+        offset = 0
+        with tqdm(total=len(check), unit="img", desc="Checking that every image decodes",
+                  mininterval=1.0 if sys.stderr.isatty() else 30.0) as bar:
+            for _images, groups, _ages in loader:
+                rows |= {offset + int(i) for i in torch.nonzero(groups == UNDECODABLE).flatten()}
+                offset += len(groups)
+                bar.update(len(groups))
+        return rows
 
     def _make_dataset(self, indices: np.ndarray, name: str) -> Dataset:
         items = [self.scan.items[i] for i in indices]
