@@ -7,6 +7,7 @@ Small named steps in the style of torchvision's classification references: :func
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import os
@@ -357,6 +358,32 @@ def write_plots(run_dir: Path, datamodule: UTKFaceDataModule, model: LitClassifi
         logging.getLogger(__name__).warning("plots skipped (%s: %s)", type(err).__name__, err)
 
 
+def model_arguments(args: argparse.Namespace) -> Dict:
+    """The :class:`LitClassifier` arguments of this fit: the recipe's and the flags', except that a resumed run keeps
+    the model its checkpoint holds (a run started by an earlier release, say with one head where the recipe now
+    trains three, resumes with one head; keys it lacks take the constructor defaults, as its checkpoint does)."""
+    recipe = RECIPES[args.recipe]
+    arguments = {**recipe.model_kwargs(), "image_size": args.image_size, "backbone_weights": args.backbone_weights,
+                 "lr": args.lr, "weight_decay": args.weight_decay}
+    if args.resume_from is None:
+        return arguments
+    try:
+        saved = torch.load(args.resume_from, map_location="cpu", weights_only=True, mmap=True)["hyper_parameters"]
+    except Exception as err:  # noqa: BLE001 - explained in one line
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise UserError(f"--resume: cannot read {args.resume_from} safely (weights_only): {first}") from None
+    defaults = inspect.signature(LitClassifier.__init__).parameters
+    for name in recipe.model_kwargs():
+        if name not in ("lr", "weight_decay"):  # the flags (or the recipe) decide these, as for a new run
+            arguments[name] = saved.get(name, defaults[name].default)
+    config_file = args.resume_from.parent.parent / CONFIG_FILE_NAME
+    planned = json.loads(config_file.read_text()).get("max_epochs") if config_file.is_file() else None
+    if arguments["schedule"] == "onecycle" and planned is not None and planned != args.max_epochs:
+        raise UserError(f"--resume: this run's one-cycle learning-rate schedule was planned for {planned} epochs; "
+                        f"resume with --max_epochs {planned}, or start a new run to train longer")
+    return arguments
+
+
 # ----------------------------------------------------------------------------------------------- commands
 
 
@@ -371,11 +398,7 @@ def run_fit(args: argparse.Namespace) -> Dict:
         if run_name.startswith("version_"):
             version = int(run_name.split("_")[-1])
     pl.seed_everything(args.seed, workers=True, verbose=False)
-    recipe = RECIPES[args.recipe]
-    model = LitClassifier(**{
-        **recipe.model_kwargs(), "image_size": args.image_size, "backbone_weights": args.backbone_weights,
-        "lr": args.lr, "weight_decay": args.weight_decay,
-    })
+    model = LitClassifier(**model_arguments(args))
     logger = CSVLogger(save_dir=str(root), name="lightning_logs", version=version)
     split_file = Path(args.split_file) if args.split_file else None
     if resume_from is not None and split_file is None:

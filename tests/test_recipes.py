@@ -1,6 +1,7 @@
 """Recipes and what the default recipe adds: per-year age targets, mirror averaging, block-4 features."""
 
 import argparse
+import dataclasses
 import json
 import math
 
@@ -126,6 +127,27 @@ def test_notebook_recipe_is_the_notebook(cli_args, tmp_path):
     assert (hparams["head"], hparams["target"], hparams["feature_layer"], hparams["mirror"]) == (
         "notebook", "group", "block5", False)
     assert hparams["lr"] == 5e-4
+
+
+def test_a_run_started_with_one_head_resumes_with_one_head(cli_args, tmp_path, monkeypatch):
+    """A run interrupted under an earlier release (one head) continues after an upgrade (three heads)."""
+    monkeypatch.setitem(RECIPES, "default", dataclasses.replace(DEFAULT, ensemble_size=1, calibrate=False))
+    assert main(cli_args["base"] + ["--max_epochs", "2"]) == 0
+    run = tmp_path / "runs" / "lightning_logs" / "version_0"
+    (run / "test_metrics.json").unlink()
+    monkeypatch.setitem(RECIPES, "default", DEFAULT)
+    assert main(cli_args["base"] + ["--max_epochs", "2", "--resume"]) == 0  # restores the one-head weights
+    assert json.loads((run / "test_metrics.json").read_text())["temperature"] == 1.0
+    hparams = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]
+    assert hparams["ensemble_size"] == 1 and not hparams["calibrate"]
+
+
+def test_resuming_a_one_cycle_run_for_more_epochs_is_refused_in_one_line(cli_args, tmp_path, capsys):
+    assert main(cli_args["base"] + ["--max_epochs", "1"]) == 0
+    with pytest.raises(SystemExit) as exit_info:
+        main(cli_args["base"] + ["--max_epochs", "3", "--resume"])
+    assert exit_info.value.code == 2
+    assert "planned for 1 epochs; resume with --max_epochs 1" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("saved, expected", [({"recipe": "notebook"}, "notebook"), ({}, "notebook"), (None, "default")])
