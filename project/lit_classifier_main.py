@@ -29,8 +29,8 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-from project.age_groups import AGE_BINS, GROUP_LABELS, NUM_CLASSES, age_distribution, group_log_probs
 from project import calibration
+from project.age_groups import AGE_BINS, GROUP_LABELS, NUM_CLASSES, age_distribution, group_log_probs
 from project.models.backbone import FEATURE_CHANNELS, build_backbone, feature_shape
 from project.models.head import AgeGroupHead, CompactAgeHead, HeadEnsemble
 from project.transforms import mirror
