@@ -26,7 +26,7 @@ from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
 from project.datasets.utkface import SKIPPED_FILE_NAME, SPLIT_FILE_NAME, UTKFaceDataModule, default_cache_dir
-from project.errors import DEBUG_ENV, OneLineArgumentParser, UserError, exit_on_user_error
+from project.errors import DEBUG_ENV, OneLineArgumentParser, UserError, exit_on_user_error, first_line
 from project.features import FeatureCacheBuilder
 from project.fileutils import write_json_atomic
 from project.lit_classifier_main import LitClassifier, load_classifier
@@ -370,8 +370,7 @@ def model_arguments(args: argparse.Namespace) -> Dict:
     try:
         saved = torch.load(args.resume_from, map_location="cpu", weights_only=True, mmap=True)["hyper_parameters"]
     except Exception as err:  # noqa: BLE001 - explained in one line
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise UserError(f"--resume: cannot read {args.resume_from} safely (weights_only): {first}") from None
+        raise UserError(f"--resume: cannot read {args.resume_from} safely (weights_only): {first_line(err)}") from None
     defaults = inspect.signature(LitClassifier.__init__).parameters
     for name in recipe.model_kwargs():
         if name not in ("lr", "weight_decay"):  # the flags (or the recipe) decide these, as for a new run

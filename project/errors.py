@@ -22,6 +22,11 @@ class UserError(Exception):
     """A problem with the user's input or environment, explained in one line."""
 
 
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type name when it has none), at most ``limit`` characters."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:limit]
+
+
 def debug_enabled() -> bool:
     """True when the user asked for full tracebacks."""
     return os.environ.get(DEBUG_ENV, "").strip() not in ("", "0", "false", "False")

@@ -334,7 +334,7 @@ def load_classifier(path, map_location=None) -> LitClassifier:
     A missing or truncated file, something that is not a checkpoint, or a pickle that would need to run code
     (refused by ``weights_only=True``) all end in ``cannot load checkpoint PATH ...``.
     """
-    from project.errors import UserError
+    from project.errors import UserError, first_line
 
     path = Path(path).expanduser()
     if not path.is_file():
@@ -342,8 +342,7 @@ def load_classifier(path, map_location=None) -> LitClassifier:
     try:
         return LitClassifier.load_from_checkpoint(path, map_location=map_location)
     except Exception as err:  # noqa: BLE001 - every failure is explained in one line
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise UserError(f"cannot load checkpoint {path} safely (weights_only): {first}") from None
+        raise UserError(f"cannot load checkpoint {path} safely (weights_only): {first_line(err)}") from None
 
 
 def cli_main(argv: Optional[Sequence[str]] = None) -> int:
