@@ -47,4 +47,3 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, iterations: int
             inner_high = low + ratio * (high - low)
             loss_high = _negative_log_likelihood(logits, targets, math.exp(inner_high))
     return math.exp((low + high) / 2)
-

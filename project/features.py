@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from project.datasets.utkface import UNDECODABLE, FaceImageDataset
+from project.datasets.utkface import FaceImageDataset, undecodable_rows
 from project.fileutils import exclusive_lock, write_json_atomic
 from project.models.backbone import FrozenVGG16Features, feature_shape
 from project.precision import autocast_dtype
@@ -224,7 +224,7 @@ class FeatureCacheBuilder:
                 for images, labels, _ages in loader:
                     features = backbone(images.to(device, non_blocking=True))
                     out[row:row + len(images)] = self._to_storage(features)
-                    undecodable += [row + int(i) for i in torch.nonzero(labels == UNDECODABLE).flatten()]
+                    undecodable += undecodable_rows(labels, row)
                     row += len(images)
                     bar.update(len(images))
                     if time.monotonic() - last_flush > _FLUSH_EVERY_S:

@@ -295,6 +295,11 @@ def stratified_split(
 UNDECODABLE = -1
 
 
+def undecodable_rows(groups: torch.Tensor, first_row: int) -> List[int]:
+    """The rows marked :data:`UNDECODABLE` in a batch of groups whose first item is row ``first_row``."""
+    return [first_row + int(i) for i in torch.nonzero(groups == UNDECODABLE).flatten()]
+
+
 #: How a dataset serves mirror images (see ``project.transforms.mirror``): ``none``; ``always`` (the mirrored feature
 #: cache is built from these); ``random`` (training: each item mirrored with probability 1/2); ``both`` (evaluation:
 #: ``2 x ...`` per item, the original then its mirror image, averaged by the model).
@@ -549,7 +554,7 @@ class UTKFaceDataModule(pl.LightningDataModule):
         with tqdm(total=len(check), unit="img", desc="Checking that every image decodes",
                   mininterval=1.0 if sys.stderr.isatty() else 30.0) as bar:
             for _images, groups, _ages in loader:
-                rows |= {offset + int(i) for i in torch.nonzero(groups == UNDECODABLE).flatten()}
+                rows.update(undecodable_rows(groups, offset))
                 offset += len(groups)
                 bar.update(len(groups))
         return rows
