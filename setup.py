@@ -12,7 +12,7 @@ requirements = [
 
 setup(
     name="age-group-classifier",
-    version="0.1.0",
+    version="0.2.0",
     description="UTKFace age-group classification with a frozen VGG16 and PyTorch Lightning",
     long_description=(here / "README.md").read_text() if (here / "README.md").exists() else "",
     long_description_content_type="text/markdown",
@@ -21,7 +21,7 @@ setup(
     install_requires=requirements,
     extras_require={
         "faces": ["opencv-python-headless>=4.8,<5"],  # OpenCV 5 ships no Haar face cascade
-        "test": ["pytest>=7.4"],
+        "test": ["pytest>=7.4", "import-linter>=2.13"],
     },
     entry_points={
         "console_scripts": [

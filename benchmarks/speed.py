@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -32,12 +33,17 @@ import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 from pytorch_lightning.callbacks import Callback  # noqa: E402
 
-from project.datasets.utkface import UTKFaceDataModule, default_cache_dir, resolve_data_dir, scan_utkface  # noqa: E402
-from project.features import FeatureCacheBuilder  # noqa: E402
-from project.lit_classifier_main import LitClassifier  # noqa: E402
+from project.data.archives import resolve_data_dir  # noqa: E402
+from project.data.feature_cache import FeatureCacheBuilder  # noqa: E402
+from project.data.scan import scan_utkface  # noqa: E402
 from project.models.backbone import build_backbone  # noqa: E402
+from project.models.net import AgeNet  # noqa: E402
 from project.precision import autocast_dtype, native_precision  # noqa: E402
-from project.cli import FastTrainingAllocator  # noqa: E402
+from project.recipes import NOTEBOOK  # noqa: E402
+from project.settings import DataSettings, default_cache_dir  # noqa: E402
+from project.training.callbacks import FastTrainingAllocator  # noqa: E402
+from project.training.module import LitClassifier  # noqa: E402
+from project.training.run import build_datamodule  # noqa: E402
 
 
 def machine_name(device: torch.device) -> str:
@@ -75,9 +81,9 @@ def raw_throughput(backbone, device, precision: str, batch_size: int, batches: i
 def pipeline_throughput(backbone, device, precision, root, items, image_size, workers, batch_size) -> float:
     """img/s of the real cache build (decode in workers + forward + write) on ``items``."""
     with tempfile.TemporaryDirectory() as cache:
-        builder = FeatureCacheBuilder(backbone, image_size, precision, Path(cache), batch_size=batch_size,
-                                      num_workers=workers, progress=False)
-        builder.build(root, items, device=device)
+        builder = FeatureCacheBuilder(backbone, precision, Path(cache), batch_size=batch_size, num_workers=workers,
+                                      progress=False)
+        builder.build(root, items, image_size, device=device)
         return builder.last_build_stats["images_per_second"]
 
 
@@ -103,12 +109,13 @@ class EpochTimer(Callback):
 def epoch_times(args, device, precision: str, cached: bool, limit_batches=None):
     """(train epoch s, val s, train batches) of the real head training, cached or backbone-every-step."""
     pl.seed_everything(0, verbose=False)
-    model = LitClassifier(image_size=args.image_size, backbone_weights=args.backbone_weights)
-    dm = UTKFaceDataModule(args.data_dir, batch_size=args.batch_size, image_size=args.image_size,
-                           num_workers=args.num_workers, cache_dir=args.cache_dir)
-    if cached:
-        dm.use_feature_cache(FeatureCacheBuilder(model.backbone, args.image_size, precision,
-                                                 Path(args.cache_dir) / "features", num_workers=args.num_workers))
+    net = AgeNet(replace(NOTEBOOK.net, input=replace(NOTEBOOK.net.input, image_size=args.image_size)),
+                 build_backbone(args.backbone_weights))
+    model = LitClassifier(net, NOTEBOOK.optimizer, NOTEBOOK.objective)
+    data = DataSettings(data_dir=Path(args.data_dir), cache_dir=Path(args.cache_dir), batch_size=args.batch_size,
+                        seed=42, num_workers=args.num_workers, split_file=None, strict_data=False,
+                        feature_cache=cached)
+    dm = build_datamodule(data, net, precision)
     timer = EpochTimer()
     trainer = pl.Trainer(max_epochs=1, accelerator=device.type if device.type == "cpu" else "gpu", devices=1,
                          precision=precision, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -116,7 +123,7 @@ def epoch_times(args, device, precision: str, cached: bool, limit_batches=None):
                          limit_train_batches=limit_batches, limit_val_batches=0 if limit_batches else None)
     trainer.fit(model, datamodule=dm)
     batches = trainer.num_training_batches
-    full_batches = -(-len(dm.split["train"]) // args.batch_size)
+    full_batches = -(-len(dm.split.indices["train"]) // args.batch_size)
     return timer.train[0], (timer.val[0] if timer.val else None), batches, full_batches
 
 

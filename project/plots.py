@@ -17,7 +17,15 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from project.age_groups import GROUP_BOUNDARIES, GROUP_LABELS, GROUP_RANGES, MAX_AGE, NUM_CLASSES
+from project.age_groups import (
+    GROUP_BOUNDARIES,
+    GROUP_LABELS,
+    GROUP_RANGES,
+    MAX_AGE,
+    NUM_CLASSES,
+)
+from project.inference.predictor import AgeGroupPredictor
+from project.models.checkpoint import TrainedNet
 from project.transforms import load_rgb_image
 
 log = logging.getLogger(__name__)
@@ -27,7 +35,6 @@ SPLIT_COLORS = {"train": "#4C72B0", "val": "#DD8452", "test": "#55A868"}
 RIGHT_COLOR, WRONG_COLOR = "#1a7f37", "#cf222e"
 #: side of the thumbnails in the prediction grid: enough to see a face, keeps the PNG small
 THUMBNAIL_SIDE = 128
-PLOT_NAMES = ("age_distribution.png", "training_curves.png", "confusion_matrix.png", "test_predictions.png")
 
 PathLike = Union[str, Path]
 
@@ -225,11 +232,9 @@ def choose_examples(correct: Sequence[bool], count: int) -> List[int]:
     return chosen
 
 
-def plot_test_predictions(datamodule, model, path: PathLike, max_grid: int = 16, seed: int = 0,
+def plot_test_predictions(datamodule, model: TrainedNet, path: PathLike, max_grid: int = 16, seed: int = 0,
                           batch_size: int = 16) -> Path:
     """Predict a seeded sample of test images from their files (as ``predict.py`` would) and plot a grid."""
-    from project.predict import AgeGroupPredictor  # deferred: only this plot needs the model
-
     items = datamodule.split_items("test")
     rng = np.random.default_rng(seed)
     # Twice the grid is enough to find some mistakes without running the whole test set through VGG16 again.
@@ -246,12 +251,13 @@ def plot_test_predictions(datamodule, model, path: PathLike, max_grid: int = 16,
 # ---------------------------------------------------------------------------------------------- whole run
 
 
-def write_run_plots(run_dir: PathLike, datamodule, model, test_metrics: Optional[Mapping], max_grid: int = 16
-                    ) -> List[Path]:
+def write_run_plots(run_dir: PathLike, datamodule, model: TrainedNet, test_metrics: Optional[Mapping],
+                    max_grid: int = 16) -> List[Path]:
     """Write all plots of a finished run into ``run_dir/plots/`` and return their paths.
 
-    ``datamodule`` must be set up (its scan and split are used); ``model`` is the trained ``LitClassifier``,
-    used where it is (CPU or GPU) for the prediction grid; ``test_metrics`` is the ``test_metrics.json`` payload.
+    ``datamodule`` must be set up (its scan and split are used); ``model`` is the trained network with its
+    temperature, used where it is (CPU or GPU) for the prediction grid; ``test_metrics`` is the
+    ``test_metrics.json`` payload.
     A plot whose input is missing (no metrics.csv, no confusion matrix) or that fails is skipped with a warning,
     so plotting never costs a finished run.
     """

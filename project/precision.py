@@ -43,12 +43,3 @@ def resolve_precision(precision: str, device_type: str) -> str:
 def autocast_dtype(precision: str) -> Optional[torch.dtype]:
     """The autocast dtype of a resolved precision (``None`` for full fp32)."""
     return {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
-
-
-def device_type_for(accelerator: str) -> str:
-    """``"cuda"`` or ``"cpu"`` for a Lightning ``--accelerator`` value (``auto`` picks CUDA when present)."""
-    if accelerator in ("gpu", "cuda"):
-        return "cuda"
-    if accelerator == "auto" and torch.cuda.is_available():
-        return "cuda"
-    return "cpu"

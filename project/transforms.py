@@ -18,6 +18,8 @@ from torchvision import transforms as T
 #: ImageNet statistics the torchvision VGG16 weights were trained with (RGB order).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: File suffixes read as images (any format Pillow decodes that people use for photos), for datasets and prediction.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 #: Bumped whenever the preprocessing changes, so cached features made with the old one are not reused.
 PREPROCESSING_VERSION = "rgb-resize-bilinear-antialias-imagenetnorm-v1"
 
@@ -81,8 +83,3 @@ def mirror(images: torch.Tensor) -> torch.Tensor:
     averages both views' predictions. Training, the feature cache and prediction all mirror through this function.
     """
     return images.flip(-1)
-
-
-def preprocess(source: ImageInput, image_size: int) -> torch.Tensor:
-    """Load and preprocess one image: the exact tensor the model sees during training."""
-    return build_transform(image_size)(load_rgb_image(source))

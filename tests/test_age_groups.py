@@ -1,6 +1,17 @@
-import pytest
+"""The age bins, and the per-year distributions that the default recipe sums into them."""
 
-from project.age_groups import GROUP_BOUNDARIES, GROUP_LABELS, NUM_CLASSES, age_to_group
+import pytest
+import torch
+
+from project.age_groups import (
+    AGE_BINS,
+    GROUP_BOUNDARIES,
+    GROUP_LABELS,
+    NUM_CLASSES,
+    age_distribution,
+    age_to_group,
+    group_log_probs,
+)
 
 
 @pytest.mark.parametrize(
@@ -20,3 +31,17 @@ def test_labels_and_boundaries_agree():
     assert NUM_CLASSES == 5
     assert GROUP_LABELS == ("0-24", "25-49", "50-74", "75-99", "100-124")
     assert GROUP_BOUNDARIES == (25, 50, 75, 100)
+
+
+def test_group_probabilities_are_sums_over_their_years():
+    logits = torch.randn(4, AGE_BINS)
+    expected = logits.softmax(dim=1).view(4, 5, 25).sum(dim=2)
+    assert torch.allclose(group_log_probs(logits).exp(), expected, atol=1e-6)
+
+
+def test_age_targets_peak_at_the_age_and_sum_to_one():
+    targets = age_distribution(torch.tensor([0, 24, 60, 124]), sigma=3.0)
+    assert torch.allclose(targets.sum(dim=1), torch.ones(4))
+    assert targets.argmax(dim=1).tolist() == [0, 24, 60, 124]
+    # a 24-year-old's target leaks into 25-49 (the neighbouring years), a 60-year-old's does not reach 0-24
+    assert targets[1, 25:50].sum() > 0.2 and targets[2, :25].sum() < 1e-6

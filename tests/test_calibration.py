@@ -1,17 +1,16 @@
-"""Temperature scaling: fitted on validation, stored in the checkpoint, applied to test and prediction only."""
+"""Temperature scaling: the fit itself, and a run that stores the validation temperature in its checkpoints."""
 
 import json
 
 import pytest
 import torch
-
+from helpers.config import run_dir, settings_for
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 from project import calibration
 from project.calibration import fit_temperature
-from project.cli import main
 from project.lit_classifier_main import LitClassifier
-from project.recipes import DEFAULT
+from project.training.run import train
 
 
 def _sampled(temperature: float, count: int = 20_000):
@@ -38,6 +37,7 @@ def test_too_little_or_too_easy_validation_data_cannot_make_the_model_overconfid
 
 def test_the_reported_calibration_error_tells_honest_from_overconfident_probabilities():
     logits, targets = _sampled(1.0)
+
     def calibration_error(probabilities):  # what test_calibration_error reports
         return multiclass_calibration_error(probabilities, targets, num_classes=5, n_bins=15).item()
 
@@ -45,34 +45,12 @@ def test_the_reported_calibration_error_tells_honest_from_overconfident_probabil
     assert calibration_error(torch.softmax(4 * logits, dim=1)) > 0.1
 
 
-def test_temperature_scales_test_and_prediction_but_not_validation():
-    torch.manual_seed(0)
-    model = LitClassifier(image_size=32, backbone_weights="none", **DEFAULT.model_kwargs()).eval()
-    images = torch.randn(4, 3, 32, 32)
-    with torch.no_grad():
-        raw = model.logits(images)
-        model.temperature = 0.5
-        calibrated = model(images)
-        assert torch.allclose(calibrated, raw / 0.5)
-        assert torch.allclose(model.predict_step(images, 0), torch.softmax(raw / 0.5, dim=1))
-    assert torch.equal(calibrated.argmax(dim=1), raw.argmax(dim=1))  # never changes a prediction
-
-
-def test_a_fit_stores_the_validation_temperature_in_its_checkpoints(cli_args, tmp_path, monkeypatch):
+def test_a_fit_stores_the_validation_temperature_in_its_checkpoints(flags, runs, monkeypatch):
     monkeypatch.setattr(calibration, "MIN_CALIBRATION_ITEMS", 1)  # the synthetic set has 5 validation images
-    assert main(cli_args["base"] + ["--max_epochs", "2"]) == 0
-    run = tmp_path / "runs" / "lightning_logs" / "version_0"
-    metrics = json.loads((run / "test_metrics.json").read_text())
+    metrics = train(settings_for(flags + ["--max_epochs", "2"]))
     best = torch.load(metrics["checkpoint"], weights_only=True)
-    assert best["temperature"] != 1.0 and best["hyper_parameters"]["calibrate"]
+    assert best["temperature"] != 1.0 and best["hyper_parameters"]["objective"]["calibrate"]
     assert metrics["temperature"] == pytest.approx(best["temperature"])
+    assert json.loads((run_dir(runs) / "test_metrics.json").read_text())["temperature"] == metrics["temperature"]
     assert 0.0 <= metrics["test_calibration_error"] <= 1.0
     assert LitClassifier.load_from_checkpoint(metrics["checkpoint"]).temperature == pytest.approx(best["temperature"])
-
-
-def test_checkpoints_without_a_temperature_load_uncalibrated(tmp_path):
-    model = LitClassifier(image_size=32, backbone_weights="none")
-    path = tmp_path / "old.ckpt"
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
-                "pytorch-lightning_version": "2.5.0"}, path)
-    assert LitClassifier.load_from_checkpoint(path).temperature == 1.0

@@ -4,36 +4,33 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.paths import REPO
 
 from project.cli import main
-from project.datasets.utkface import scan_utkface
-from project.features import FeatureCacheBuilder
+from project.data.feature_cache import FeatureCacheBuilder
+from project.data.scan import scan_utkface
 from project.lit_classifier_main import LitClassifier
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.ddp, pytest.mark.slow]
 
 
-def test_two_process_ddp_fit_matches_single_process_test(cli_args, tmp_path, cache_dir, utkface_dir):
+def test_two_process_ddp_fit_matches_single_process_test(flags, runs, tmp_path, cache_dir, utkface_dir):
     env = dict(os.environ, OMP_NUM_THREADS="1", PL_DISABLE_FORK="1")
-    command = [sys.executable, str(REPO / "project" / "lit_classifier_main.py")] + cli_args["base"] + [
-        "--max_epochs", "2", "--devices", "2", "--strategy", "ddp"]
+    command = [sys.executable, str(REPO / "project" / "lit_classifier_main.py"), *flags,
+               "--max_epochs", "2", "--devices", "2", "--strategy", "ddp"]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
 
-    runs = tmp_path / "runs" / "lightning_logs"
-    metrics_files = list(runs.glob("*/test_metrics.json"))
-    assert len(metrics_files) == 1, list(runs.iterdir())
+    metrics_files = list((runs / "lightning_logs").glob("*/test_metrics.json"))
+    assert len(metrics_files) == 1, list((runs / "lightning_logs").iterdir())
     ddp = json.loads(metrics_files[0].read_text())
     assert ddp["test_images"] == 5 and sum(map(sum, ddp["confusion_matrix"])) == 5  # nothing padded or repeated
 
     retest = tmp_path / "retest.json"
-    assert main(cli_args["base"] + ["--test_only", "--ckpt_path", ddp["checkpoint"],
-                                    "--metrics_json", str(retest)]) == 0
+    assert main(flags + ["--test_only", "--ckpt_path", ddp["checkpoint"], "--metrics_json", str(retest)]) == 0
     single = json.loads(retest.read_text())
     assert single["test_acc"] == ddp["test_acc"]
     assert single["confusion_matrix"] == ddp["confusion_matrix"]
@@ -47,8 +44,9 @@ def test_two_process_ddp_fit_matches_single_process_test(cli_args, tmp_path, cac
     assert len(built) == 2
     model = LitClassifier.load_from_checkpoint(ddp["checkpoint"])
     items = scan_utkface(utkface_dir).items
+    builder = FeatureCacheBuilder(model.net.backbone, "32-true", tmp_path / "single_cache", num_workers=0,
+                                  progress=False)
     for path in built:
-        mirrored = json.loads(path.with_suffix(".json").read_text())["mirrored"]
-        fresh = FeatureCacheBuilder(model.backbone, 32, "32-true", tmp_path / "single_cache", num_workers=0,
-                                    progress=False, mirrored=mirrored).build(utkface_dir, items)
-        assert np.array_equal(np.load(path), np.asarray(fresh.array)), mirrored
+        view = "mirrored" if json.loads(path.with_suffix(".json").read_text())["mirrored"] else "original"
+        fresh = builder.build(utkface_dir, items, 32, view)
+        assert np.array_equal(np.load(path), np.asarray(fresh.array)), view

@@ -1,27 +1,25 @@
-"""kill -9 in the middle of a feature-cache build or an archive extraction: the next run repairs it.
-
-(kill -9 in the middle of a fit followed by ``--resume`` is in test_cli.py.)
-"""
+"""kill -9 in the middle of a fit, a feature-cache build or an archive extraction: nothing is lost."""
 
 import json
 import signal
 import subprocess
 import sys
-import tarfile
 import textwrap
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers.config import run_dir
+from helpers.paths import REPO
+from helpers.synthetic import pack_like_the_official_archive, write_synthetic_utkface
 
-from conftest import write_synthetic_utkface
-from project.datasets.utkface import extraction_target, resolve_data_dir, scan_utkface
-from project.features import FeatureCacheBuilder
+from project.cli import main
+from project.data.archives import extraction_target, resolve_data_dir
+from project.data.feature_cache import FeatureCacheBuilder
+from project.data.scan import scan_utkface
 from project.models.backbone import build_backbone
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
@@ -41,9 +39,28 @@ def kill_when(process: subprocess.Popen, ready, timeout: float = 120.0) -> None:
     process.wait()
 
 
+def test_resume_after_sigkill_reaches_the_same_metrics(flags, runs, tmp_path):
+    """Kill -9 in the middle of epoch 2, resume: the final metrics equal an uninterrupted run's."""
+    reference = tmp_path / "reference"
+    main(flags + ["--max_epochs", "4", "--default_root_dir", str(reference)])
+    expected = json.loads((run_dir(reference) / "test_metrics.json").read_text())
+
+    killed = subprocess.run([sys.executable, "tests/helpers/kill_at.py", "2:3", *flags, "--max_epochs", "4"],
+                            cwd=REPO, capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert (run_dir(runs) / "checkpoints" / "last.ckpt").is_file()
+    assert not (run_dir(runs) / "test_metrics.json").exists()
+    resumed = subprocess.run([sys.executable, "project/lit_classifier_main.py", *flags, "--max_epochs", "4",
+                              "--resume"], cwd=REPO, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    got = json.loads((run_dir(runs) / "test_metrics.json").read_text())
+    for key in ("test_acc", "test_loss", "best_val_acc", "confusion_matrix", "epochs_trained"):
+        assert got[key] == expected[key], key
+
+
 def seeded_backbone():
     torch.manual_seed(123)
-    return build_backbone("none")
+    return build_backbone("none")  # the same weights as the killed process's
 
 
 def test_sigkill_during_feature_extraction_resumes(tmp_path):
@@ -52,17 +69,17 @@ def test_sigkill_during_feature_extraction_resumes(tmp_path):
     cache = tmp_path / "cache"
     process = start(f"""
         import time, torch
-        import project.features as features
-        from project.datasets.utkface import scan_utkface
+        import project.data.feature_cache as feature_cache
+        from project.data.scan import scan_utkface
         from project.models.backbone import build_backbone
-        features._FLUSH_EVERY_S = 0.0           # record progress after every batch
+        feature_cache._FLUSH_EVERY_S = 0.0           # record progress after every batch
         torch.manual_seed(123)
         backbone = build_backbone("none")
         forward = backbone.forward
         backbone.forward = lambda x: (time.sleep(0.2), forward(x))[1]   # slow enough to be caught mid-way
         items = scan_utkface(__import__("pathlib").Path({str(data)!r})).items
-        features.FeatureCacheBuilder(backbone, 32, "32-true", {str(cache)!r}, batch_size=8, num_workers=0,
-                                     progress=False).build({str(data)!r}, items)
+        feature_cache.FeatureCacheBuilder(backbone, "32-true", {str(cache)!r}, batch_size=8, num_workers=0,
+                                          progress=False).build({str(data)!r}, items, 32)
     """)
 
     def some_rows_flushed():
@@ -74,32 +91,30 @@ def test_sigkill_during_feature_extraction_resumes(tmp_path):
     done = json.loads(next(cache.glob("*.progress.json")).read_text())["rows_done"]
 
     items = scan_utkface(data).items
-    builder = FeatureCacheBuilder(seeded_backbone(), 32, "32-true", cache, batch_size=8, num_workers=0,
-                                  progress=False)
-    resumed = builder.build(data, items)
+    builder = FeatureCacheBuilder(seeded_backbone(), "32-true", cache, batch_size=8, num_workers=0, progress=False)
+    resumed = builder.build(data, items, 32)
     assert builder.last_build_stats["images"] == len(items) - done  # resumed, not restarted
-    fresh = FeatureCacheBuilder(seeded_backbone(), 32, "32-true", tmp_path / "fresh", batch_size=8, num_workers=0,
-                                progress=False).build(data, items)
+    fresh = FeatureCacheBuilder(seeded_backbone(), "32-true", tmp_path / "fresh", batch_size=8, num_workers=0,
+                                progress=False).build(data, items, 32)
     assert np.array_equal(np.asarray(resumed.array), np.asarray(fresh.array))
 
 
 def test_sigkill_during_archive_extraction_is_redone(tmp_path):
     source = tmp_path / "src" / "UTKFace"
     write_synthetic_utkface(source, per_group=20, size=24)
-    archive = tmp_path / "UTKFace.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(source, arcname="UTKFace")
+    archive = pack_like_the_official_archive(source, tmp_path / "UTKFace.tar.gz")
     cache = tmp_path / "cache"
     target = extraction_target(archive, cache)
     process = start(f"""
         import tarfile, time
-        from project.datasets.utkface import resolve_data_dir
+        from pathlib import Path
+        from project.data.archives import resolve_data_dir
         extract = tarfile.TarFile.extract
         def slow_extract(self, *args, **kwargs):
             time.sleep(0.05)
             return extract(self, *args, **kwargs)
         tarfile.TarFile.extract = slow_extract
-        resolve_data_dir({str(archive)!r}, __import__("pathlib").Path({str(cache)!r}))
+        resolve_data_dir(Path({str(archive)!r}), Path({str(cache)!r}))
     """)
 
     def half_extracted():
@@ -111,17 +126,3 @@ def test_sigkill_during_archive_extraction_is_redone(tmp_path):
     root = resolve_data_dir(archive, cache)
     assert root == target and len(scan_utkface(root).items) == 100
     assert not list(target.parent.glob(f".{target.name}.partial-*"))
-
-
-def test_duplicate_names_in_an_archive_are_reported(tmp_path, cache_dir):
-    source = tmp_path / "src"
-    write_synthetic_utkface(source / "UTKFace", per_group=4)
-    first = sorted((source / "UTKFace").iterdir())[0]
-    archive = tmp_path / "UTKFace.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(source / "UTKFace", arcname="UTKFace")
-        tar.add(first, arcname=f"UTKFace/{first.name}")  # the same name again
-    scan = scan_utkface(resolve_data_dir(archive, cache_dir))
-    assert len(scan.items) == 20
-    assert scan.skipped == [(f"UTKFace/{first.name}", "duplicate name in the archive (first copy kept)")]
-    assert scan.skipped_summary().startswith("skipped 1 of 21 files")

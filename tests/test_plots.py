@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import write_synthetic_utkface
+from project.data.datamodule import UTKFaceDataModule
+from project.models.checkpoint import load_trained_net
 from project.plots import (
-    PLOT_NAMES,
     choose_examples,
     plot_age_distribution,
     plot_confusion_matrix,
@@ -20,6 +20,7 @@ from project.plots import (
     read_epoch_metrics,
     write_run_plots,
 )
+from project.settings import DataSettings
 
 CSV_HEADER = "epoch,step,test_acc,train_acc,train_f1,train_loss,val_acc,val_f1,val_loss\n"
 
@@ -32,30 +33,25 @@ def assert_png(path: Path, max_bytes: int = 400_000) -> None:
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    """A one-epoch fit on synthetic images, and the set-up DataModule and model the training run would hold."""
-    from project.cli import main as train
-    from project.datasets.utkface import UTKFaceDataModule
-    from project.lit_classifier_main import LitClassifier
-
-    root = tmp_path_factory.mktemp("run")
-    data = root / "UTKFace"
-    write_synthetic_utkface(data)
-    train(["--data_dir", str(data), "--image_size", "32", "--backbone_weights", "none", "--cache_dir",
-           str(root / "cache"), "--default_root_dir", str(root / "runs"), "--num_workers", "0", "--batch_size", "8",
-           "--accelerator", "cpu", "--precision", "32", "--max_epochs", "1"])
-    run_dir = root / "runs" / "lightning_logs" / "version_0"
-    datamodule = UTKFaceDataModule(data_dir=data, image_size=32, num_workers=0, cache_dir=root / "cache",
-                                   split_file=run_dir / "split.json")
+def finished_run(trained_run):
+    """The shared one-epoch run, and the set-up DataModule and trained network the training run held."""
+    config = json.loads((trained_run / "run_config.json").read_text())
+    trained = load_trained_net(next((trained_run / "checkpoints").glob("best-*.ckpt")))
+    data = DataSettings(data_dir=Path(config["data_dir"]), cache_dir=Path(config["cache_dir"]), batch_size=8, seed=42,
+                        num_workers=0, split_file=trained_run / "split.json", strict_data=False, feature_cache=False)
+    datamodule = UTKFaceDataModule(data, trained.net.settings.input)
     datamodule.setup()
-    model = LitClassifier.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt", map_location="cpu")
-    return run_dir, datamodule, model, json.loads((run_dir / "test_metrics.json").read_text())
+    return trained_run, datamodule, trained, json.loads((trained_run / "test_metrics.json").read_text())
 
 
-def test_write_run_plots_writes_all_four(finished_run):
-    run_dir, datamodule, model, test_metrics = finished_run
+def test_write_run_plots_writes_all_four(finished_run, tmp_path):
+    trained_run, datamodule, model, test_metrics = finished_run
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.csv").write_bytes((trained_run / "metrics.csv").read_bytes())
     paths = write_run_plots(run_dir, datamodule, model, test_metrics)
-    assert [p.name for p in paths] == list(PLOT_NAMES)
+    assert [p.name for p in paths] == ["age_distribution.png", "training_curves.png", "confusion_matrix.png",
+                                       "test_predictions.png"]
     for path in paths:
         assert path.parent == run_dir / "plots"
         assert_png(path)

@@ -10,16 +10,14 @@ import os
 from collections import defaultdict
 
 import pytest
+from helpers.paths import REAL_ARCHIVE, REAL_WEIGHTS
+from helpers.run_if import real_data
 
-from conftest import REAL_ARCHIVE, REAL_WEIGHTS
 from project.cli import main
-from project.datasets.utkface import resolve_data_dir, scan_utkface
+from project.data.archives import resolve_data_dir
+from project.data.scan import scan_utkface
 
-pytestmark = [
-    pytest.mark.real_data,
-    pytest.mark.skipif(not (REAL_ARCHIVE.is_file() and REAL_WEIGHTS.is_file()),
-                       reason="../shared UTKFace archive or VGG16 weights not present"),
-]
+pytestmark = [pytest.mark.real_data, real_data]
 
 
 @pytest.fixture(scope="module")

@@ -1,1 +1,1 @@
-"""Plain ``nn.Module`` components used by :class:`project.lit_classifier_main.LitClassifier`."""
+"""The network as plain ``nn.Module``s: the frozen VGG16 backbone, the heads, and ``AgeNet`` that joins them."""

@@ -21,19 +21,18 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import VGG16_Weights, vgg16
 
-from project.errors import UserError
+from project.errors import UserError, first_line
+from project.settings import FEATURE_LAYERS
 
-#: Output channels of VGG16's conv base; cached features are recognised by this channel count.
+#: Output channels of VGG16's conv base.
 FEATURE_CHANNELS = 512
 #: The five max-pool layers halve the size five times, so images smaller than 32 px give an empty map.
 MIN_IMAGE_SIZE = 32
-BACKBONE_PARAMS = 14_714_688
 
-
-#: Where the frozen conv base may be cut. ``block5`` is the whole conv base (the notebook); ``block4`` stops after
-#: block 4's max pool and averages 2x2 cells, so the features keep the same 512 x S/32 x S/32 shape. Block 4 holds
-#: the finer texture (wrinkles, skin) that age depends on; block 5 is tuned to ImageNet's object classes.
-FEATURE_LAYERS = ("block5", "block4")
+# Where the frozen conv base may be cut (``project.settings.FEATURE_LAYERS``). ``block5`` is the whole conv base (the
+# notebook); ``block4`` stops after block 4's max pool and averages 2x2 cells, so the features keep the same
+# 512 x S/32 x S/32 shape. Block 4 holds the finer texture (wrinkles, skin) that age depends on; block 5 is tuned
+# to ImageNet's object classes.
 #: Index just past each block's max pool in ``torchvision.models.vgg16().features``.
 _BLOCK_END = {"block4": 24, "block5": 31}
 
@@ -63,7 +62,7 @@ class FrozenVGG16Features(nn.Module):
         super().__init__()
         if layer not in FEATURE_LAYERS:
             raise ValueError(f"unknown feature layer {layer!r}; choose one of {', '.join(FEATURE_LAYERS)}")
-        #: ``block5`` (the whole conv base) or ``block4`` (see :data:`FEATURE_LAYERS`)
+        #: ``block5`` (the whole conv base) or ``block4``
         self.layer = layer
         # All of VGG16's conv layers are kept whatever the cut, so every weights file and checkpoint has one layout.
         self.layers = vgg16(weights=None).features
@@ -81,13 +80,35 @@ class FrozenVGG16Features(nn.Module):
             features = F.avg_pool2d(features, 2)  # S/16 -> S/32: the same shape (and cache size) as block 5
         return features
 
+    def feature_shape(self, image_size: int) -> tuple:
+        """Shape ``(C, H, W)`` of the features of one ``image_size`` image."""
+        return feature_shape(image_size)
+
     def digest(self) -> str:
-        """A hash of the weights themselves (not of a file name): part of the feature-cache key."""
+        """A hash of the weights themselves (not of a file name)."""
         sha = hashlib.sha256()
         for name, tensor in self.layers.state_dict().items():
             sha.update(name.encode())
             sha.update(tensor.detach().cpu().contiguous().numpy().tobytes())
         return sha.hexdigest()[:16]
+
+    def cache_identity(self) -> dict:
+        """What makes the features what they are, for the feature-cache key: the weights and where the base is cut.
+
+        The cut is left out for ``block5`` (the original configuration), so the caches made before it became an
+        option keep their keys.
+        """
+        identity = {"backbone": self.digest()}
+        if self.layer != "block5":
+            identity["layer"] = self.layer
+        return identity
+
+    def load_pretrained(self, weights: str) -> "FrozenVGG16Features":
+        """Load ``weights`` (see the module docstring) into the conv base; ``none`` keeps the random weights."""
+        state = load_backbone_state_dict(weights)
+        if state is not None:
+            self.layers.load_state_dict(state)
+        return self
 
 
 def _safe_torch_load(path: Path) -> object:
@@ -97,12 +118,12 @@ def _safe_torch_load(path: Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "unsupported content"
         raise UserError(
-            f"refusing to load {path}: it is not a plain tensor state dict (weights_only load failed: {first[:160]})"
+            f"refusing to load {path}: it is not a plain tensor state dict (weights_only load failed: "
+            f"{first_line(err, 160)})"
         ) from None
     except (RuntimeError, EOFError, ValueError) as err:
-        raise UserError(f"cannot read {path} as PyTorch weights ({str(err).splitlines()[0][:160]})") from None
+        raise UserError(f"cannot read {path} as PyTorch weights ({first_line(err, 160)})") from None
 
 
 def _features_state_dict(raw: object, source: str) -> Dict[str, torch.Tensor]:
@@ -155,8 +176,4 @@ def load_backbone_state_dict(weights: str) -> Optional[Dict[str, torch.Tensor]]:
 
 def build_backbone(weights: str = "imagenet", layer: str = "block5") -> FrozenVGG16Features:
     """A frozen VGG16 conv base with ``weights`` (see module docstring), cut after ``layer``."""
-    backbone = FrozenVGG16Features(layer)
-    state = load_backbone_state_dict(weights)
-    if state is not None:
-        backbone.layers.load_state_dict(state)
-    return backbone
+    return FrozenVGG16Features(layer).load_pretrained(weights)

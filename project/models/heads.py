@@ -1,8 +1,7 @@
-"""The trainable classification head of the notebook, as a plain ``nn.Module``."""
+"""The trainable heads on top of the frozen features, as plain ``nn.Module``s: the notebook's and the compact one."""
 
 from __future__ import annotations
 
-from itertools import chain
 from typing import Iterable, List, Sequence
 
 import torch
@@ -86,26 +85,3 @@ class CompactAgeHead(nn.Module):
     def regularized_weights(self) -> Iterable[nn.Parameter]:
         """Conv and linear kernels (weight decay is for these, not for biases or BatchNorm)."""
         return [p for p in self.parameters() if p.dim() > 1]
-
-
-class HeadEnsemble(nn.Module):
-    """Several heads with their own random initialisation, trained side by side on the same batches.
-
-    Each member learns alone (its own loss, its own parameters), so training them together costs one pass over the
-    cached features instead of one per head, and the members differ only by initialisation and dropout. Averaging
-    their probabilities smooths out the decisions a single head makes by chance near group borders.
-    """
-
-    def __init__(self, members: Sequence[nn.Module]) -> None:
-        super().__init__()
-        if not members:
-            raise ValueError("an ensemble needs at least one head")
-        self.members = nn.ModuleList(members)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """Features -> every member's outputs, ``N x members x num_outputs``."""
-        return torch.stack([member(features) for member in self.members], dim=1)
-
-    def regularized_weights(self) -> Iterable[nn.Parameter]:
-        """The members' kernels."""
-        return list(chain.from_iterable(member.regularized_weights() for member in self.members))

@@ -1,14 +1,17 @@
-"""Frozen-feature cache: run the frozen VGG16 conv base once per dataset and keep its output on disk.
+"""Frozen-feature cache: run a frozen encoder once per image and keep its output on disk.
 
 With a frozen backbone and no random augmentation every epoch would recompute exactly the same features, which is
 over an hour per UTKFace epoch on a laptop CPU. The cache stores them once as a memory-mapped ``.npy`` file whose
 name is a hash of everything that determines them: the file list (names and sizes), the image size, the
-preprocessing, the backbone's weights (hashed tensors, not a file name) and the dtype. A different input gives a
-different key, so a stale or foreign cache is never used.
+preprocessing, the encoder's identity (its hashed weights and where it is cut), the view (the face or its mirror
+image) and the dtype. A different input gives a different key, so a stale or foreign cache is never used.
 
 Crash safety: rows are written into ``*.partial.npy`` and a progress file records how many rows are flushed; a
-killed build resumes from there, and only a complete file is renamed to its final name. An exclusive file lock
-makes concurrent processes (DDP ranks, two runs) wait for one builder instead of writing the same file twice.
+killed build resumes from there, and only a complete file is renamed to its final name. A file lock makes
+concurrent processes (DDP ranks, two runs) wait for one builder instead of writing the same file twice.
+
+The encoder is given (any ``nn.Module`` with ``cache_identity()`` and ``feature_shape(image_size)``, such as
+``project.models.backbone.FrozenVGG16Features``): this module knows images and files, not models.
 """
 
 from __future__ import annotations
@@ -17,19 +20,21 @@ import hashlib
 import json
 import logging
 import os
-import sys
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from filelock import FileLock
+from torch import nn
 from torch.utils.data import DataLoader
 
-from project.datasets.utkface import FaceImageDataset, undecodable_rows
-from project.fileutils import exclusive_lock, write_json_atomic
-from project.models.backbone import FrozenVGG16Features, feature_shape
+from project.data.datasets import CACHED_VIEWS, ImageDataset, undecoded_rows
+from project.data.scan import FaceItem
+from project.fileutils import write_json_atomic
 from project.precision import autocast_dtype
+from project.progress import progress_interval
 from project.transforms import PREPROCESSING_VERSION
 
 log = logging.getLogger(__name__)
@@ -66,48 +71,34 @@ class FeatureCache:
 
 
 class FeatureCacheBuilder:
-    """Builds (or finds) the feature cache for a list of images.
+    """Builds (or finds) the feature caches of a list of images.
 
     Args:
-        backbone: the frozen conv base whose output is cached.
-        image_size: the preprocessing size.
+        encoder: the frozen module whose output is cached (see the module docstring).
         precision: a resolved precision (``32-true``, ``bf16-mixed``, ``16-mixed``); the features are computed under
             that autocast and stored in that dtype.
         cache_dir: folder of cache files.
         batch_size, num_workers: extraction batch size and image-decoding worker processes.
     """
 
-    def __init__(
-        self,
-        backbone: FrozenVGG16Features,
-        image_size: int,
-        precision: str,
-        cache_dir: os.PathLike,
-        batch_size: int = 32,
-        num_workers: int = 2,
-        progress: bool = True,
-        mirrored: bool = False,
-    ) -> None:
+    def __init__(self, encoder: nn.Module, precision: str, cache_dir: os.PathLike, batch_size: int = 32,
+                 num_workers: int = 2, progress: bool = True) -> None:
         if precision not in _STORAGE:
             raise ValueError(f"unsupported feature precision {precision!r}")
-        self.backbone = backbone
-        self.image_size = image_size
+        self.encoder = encoder
         self.precision = precision
         self.cache_dir = Path(cache_dir)
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.progress = progress
-        #: cache the features of the mirrored images instead (see ``project.transforms.mirror``)
-        self.mirrored = mirrored
+        #: images, seconds and images/s of the last extraction (None when the last build only opened a cache)
         self.last_build_stats: Optional[dict] = None
 
     # -- identity --------------------------------------------------------------------------------------------
-    def key(self, root: Path, relpaths: Sequence[str]) -> str:
-        """The cache key: a hash of the file list (names + sizes), size, preprocessing, weights and dtype."""
-        return self._key_and_identity(root, relpaths)[0]
-
-    def _key_and_identity(self, root: Path, relpaths: Sequence[str]) -> tuple:
-        """The key and what it hashes (the weights are hashed once here; the metadata reuses that digest)."""
+    def identity(self, root: Path, relpaths: Sequence[str], image_size: int, view: str) -> Tuple[str, Dict]:
+        """The cache key and what it hashes (the encoder's weights are hashed once per call)."""
+        if view not in CACHED_VIEWS:
+            raise ValueError(f"a cache holds one of the views {CACHED_VIEWS}, not {view!r}")
         files = hashlib.sha256()
         for relpath in relpaths:
             files.update(f"{relpath}\0{(Path(root) / relpath).stat().st_size}\n".encode())
@@ -115,19 +106,18 @@ class FeatureCacheBuilder:
             "format": CACHE_FORMAT_VERSION,
             "files": files.hexdigest(),
             "count": len(relpaths),
-            "image_size": self.image_size,
+            "image_size": image_size,
             "preprocessing": PREPROCESSING_VERSION,
-            "backbone": self.backbone.digest(),
             "dtype": _STORAGE[self.precision][0],
+            **self.encoder.cache_identity(),
         }
-        # Added later; left out for the original configuration so the caches made before stay valid.
-        if self.backbone.layer != "block5":
-            identity["layer"] = self.backbone.layer
-        if self.mirrored:
+        # Added after the first caches were made; left out for the face itself so those caches stay valid.
+        if view == "mirrored":
             identity["mirrored"] = True
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20], identity
 
-    def paths(self, key: str) -> dict:
+    def paths(self, key: str) -> Dict[str, Path]:
+        """The cache file, its metadata, the partial file and progress record of a build, and the lock."""
         stem = self.cache_dir / f"vgg16-features-{key}"
         return {
             "final": stem.with_suffix(".npy"),
@@ -138,25 +128,25 @@ class FeatureCacheBuilder:
         }
 
     # -- build / open ----------------------------------------------------------------------------------------
-    def build(self, root: Path, items: Sequence, device: torch.device = torch.device("cpu")) -> FeatureCache:
-        """Open the cache for ``items`` (objects with ``.relpath``), computing whatever is missing first."""
+    def build(self, root: Path, items: Sequence[FaceItem], image_size: int, view: str = "original",
+              device: torch.device = torch.device("cpu")) -> FeatureCache:
+        """Open the cache of ``view`` of ``items`` at ``image_size``, computing whatever is missing first."""
         relpaths = [item.relpath for item in items]
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        key, identity = self._key_and_identity(root, relpaths)
+        key, identity = self.identity(root, relpaths, image_size, view)
         paths = self.paths(key)
-        shape = (len(relpaths),) + feature_shape(self.image_size)
+        shape = (len(relpaths),) + tuple(self.encoder.feature_shape(image_size))
         dtype_name, np_dtype = _STORAGE[self.precision]
-        with exclusive_lock(paths["lock"]):
+        with FileLock(paths["lock"]):
             cache = self._open_if_complete(paths, shape, np.dtype(np_dtype), dtype_name)
             if cache is not None:
-                log.info("Using cached VGG16 features %s", paths["final"])
+                log.info("Using cached features %s", paths["final"])
                 return cache
-            undecodable = self._extract(root, items, paths, shape, np.dtype(np_dtype), device)
+            undecodable = self._extract(root, items, image_size, view, paths, shape, np.dtype(np_dtype), device)
             write_json_atomic(paths["meta"], {
-                "key": key, "shape": list(shape), "dtype": dtype_name, "image_size": self.image_size,
+                "key": key, "shape": list(shape), "dtype": dtype_name, "image_size": image_size,
                 "precision": self.precision, "preprocessing": PREPROCESSING_VERSION,
-                "layer": self.backbone.layer, "mirrored": self.mirrored,
-                "backbone_digest": identity["backbone"], "undecodable_rows": undecodable,
+                "mirrored": view == "mirrored", "identity": identity, "undecodable_rows": undecodable,
                 "stats": self.last_build_stats,
             })
             os.replace(paths["partial"], paths["final"])
@@ -164,13 +154,13 @@ class FeatureCacheBuilder:
             return FeatureCache(paths["final"], dtype_name, undecodable)
 
     @staticmethod
-    def _open_if_complete(paths: dict, shape: tuple, dtype: np.dtype, dtype_name: str) -> Optional[FeatureCache]:
+    def _open_if_complete(paths: Dict[str, Path], shape: tuple, dtype: np.dtype, dtype_name: str
+                          ) -> Optional[FeatureCache]:
         path = paths["final"]
         if not path.exists():
             return None
         try:
-            # (caches written before undecodable files were tracked have no such entry: none were found then)
-            undecodable = json.loads(paths["meta"].read_text()).get("undecodable_rows", [])
+            undecodable = json.loads(paths["meta"].read_text())["undecodable_rows"]
             cache = FeatureCache(path, dtype_name, undecodable)
         except (ValueError, OSError, KeyError, TypeError) as err:  # truncated, damaged or missing metadata: rebuild
             log.warning("Feature cache %s is damaged (%s); rebuilding it", path, err)
@@ -183,7 +173,8 @@ class FeatureCacheBuilder:
             return None
         return cache
 
-    def _resume_point(self, paths: dict, shape: tuple, dtype: np.dtype) -> tuple:
+    @staticmethod
+    def _resume_point(paths: Dict[str, Path], shape: tuple, dtype: np.dtype) -> Tuple[int, List[int]]:
         """Rows already flushed by a killed build of the same key and the undecodable rows among them."""
         try:
             progress = json.loads(paths["progress"].read_text())
@@ -195,9 +186,11 @@ class FeatureCacheBuilder:
             pass
         return 0, []
 
-    def _extract(self, root: Path, items: Sequence, paths: dict, shape: tuple, dtype: np.dtype,
-                 device: torch.device) -> List[int]:
+    def _extract(self, root: Path, items: Sequence[FaceItem], image_size: int, view: str, paths: Dict[str, Path],
+                 shape: tuple, dtype: np.dtype, device: torch.device) -> List[int]:
         """Fill the partial file from where a previous build stopped; returns the undecodable rows."""
+        from tqdm.auto import tqdm
+
         start, undecodable = self._resume_point(paths, shape, dtype)
         if start:
             out = np.lib.format.open_memmap(paths["partial"], mode="r+")
@@ -205,26 +198,23 @@ class FeatureCacheBuilder:
         else:
             paths["progress"].unlink(missing_ok=True)
             out = np.lib.format.open_memmap(paths["partial"], mode="w+", dtype=dtype, shape=shape)
-        dataset = FaceImageDataset(root, list(items)[start:], self.image_size, mark_undecodable=True,
-                                   mirror="always" if self.mirrored else "none")
+        dataset = ImageDataset(root, list(items)[start:], image_size, views=view, on_error="flag")
         loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
                             pin_memory=device.type == "cuda")
         amp_dtype = autocast_dtype(self.precision)
-        original_device = next(self.backbone.parameters()).device
-        backbone = self.backbone.to(device)
+        original_device = next(self.encoder.parameters()).device
+        encoder = self.encoder.to(device)
         row, last_flush, began = start, time.monotonic(), time.monotonic()
-        from tqdm.auto import tqdm
-
-        description = "Caching VGG16 features" + (" of mirrored images" if self.mirrored else "")
-        bar = tqdm(total=shape[0], initial=start, unit="img", desc=description,
-                   disable=not self.progress, mininterval=1.0 if sys.stderr.isatty() else 30.0)
+        description = "Caching features" + (" of mirror images" if view == "mirrored" else "")
+        bar = tqdm(total=shape[0], initial=start, unit="img", desc=description, disable=not self.progress,
+                   mininterval=progress_interval())
         try:
             with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype or torch.float32,
                                                         enabled=amp_dtype is not None):
-                for images, labels, _ages in loader:
-                    features = backbone(images.to(device, non_blocking=True))
-                    out[row:row + len(images)] = self._to_storage(features)
-                    undecodable += undecodable_rows(labels, row)
+                for batch in loader:
+                    images = batch["images"][:, 0]  # one stored view per cache
+                    out[row:row + len(images)] = self._to_storage(encoder(images.to(device, non_blocking=True)))
+                    undecodable += undecoded_rows(batch, row)
                     row += len(images)
                     bar.update(len(images))
                     if time.monotonic() - last_flush > _FLUSH_EVERY_S:
@@ -234,7 +224,7 @@ class FeatureCacheBuilder:
             out.flush()
         finally:
             bar.close()
-            self.backbone.to(original_device)
+            self.encoder.to(original_device)
             del out
         elapsed = time.monotonic() - began
         self.last_build_stats = {

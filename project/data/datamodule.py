@@ -1,0 +1,171 @@
+"""UTKFaceDataModule: the images of a UTKFace folder or archive as train / validation / test batches."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from project.data.archives import resolve_data_dir
+from project.data.datasets import (
+    CachedFeatureDataset,
+    ImageDataset,
+    batch_is_ready,
+    find_undecodable,
+)
+from project.data.feature_cache import FeatureCache, FeatureCacheBuilder
+from project.data.samplers import EpochShuffleSampler, evaluation_sampler
+from project.data.scan import UNDECODABLE_REASON, FaceItem, ScanResult, scan_utkface
+from project.data.split import SPLITS, Split, load_split, new_split
+from project.errors import UserError
+from project.settings import DataSettings, InputSettings
+
+log = logging.getLogger(__name__)
+
+#: Where the run folder lists every skipped file (written by the training run's bookkeeping).
+SKIPPED_FILE_NAME = "skipped_files.txt"
+
+
+class UTKFaceDataModule(pl.LightningDataModule):
+    """UTKFace as five age groups, split 90 % train / 10 % test, with 10 % of train held out for validation.
+
+    Args:
+        data: where the images are and how they are loaded (batch size, seed, workers, split file, ...).
+        model_input: what the network sees (image size, mirror images); the same object the network is built from.
+        features: with a feature-cache builder, batches hold cached backbone features instead of images. The
+            builder runs its encoder once per image in :meth:`setup`, where a broken image is found up front.
+
+    Batches are dicts (see ``project.data.datasets``): ``images`` or ``features`` with an explicit views dimension,
+    ``group`` and ``age``. Training serves one view per face (with mirror images: the face or its mirror image at
+    random); validation and test serve ``input.views`` views, averaged by the model.
+    """
+
+    def __init__(self, data: DataSettings, model_input: InputSettings,
+                 features: Optional[FeatureCacheBuilder] = None) -> None:
+        super().__init__()
+        if data.feature_cache != (features is not None):
+            raise ValueError("data.feature_cache says whether a feature-cache builder is given")
+        self.settings = data
+        self.input = model_input
+        self.features = features
+        self.root: Optional[Path] = None
+        self.scan: Optional[ScanResult] = None
+        self.split: Optional[Split] = None
+        self.caches: Dict[str, FeatureCache] = {}
+        self.datasets: Dict[str, Dataset] = {}
+
+    # -- lightning hooks -------------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Extract the archive (once per node, before the other processes look at it)."""
+        resolve_data_dir(self.settings.data_dir, self.settings.cache_dir)
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        """Scan, validate and split the images; build or open the feature caches if they are used."""
+        if self.split is not None:
+            return
+        self.root = resolve_data_dir(self.settings.data_dir, self.settings.cache_dir)
+        self.scan = scan_utkface(self.root)
+        if not self.scan.items:
+            self._report_skipped()
+            raise UserError(
+                f"no UTKFace images in {self.root}: expected files named like 25_0_1_20170116174525125.jpg.chip.jpg"
+            )
+        excluded = self._build_caches() if self.features is not None else set(
+            find_undecodable(self.root, self.scan.items, self.settings.num_workers))
+        for row in sorted(excluded):
+            self.scan.skipped.append((self.scan.items[row].relpath, UNDECODABLE_REASON))
+        self._report_skipped()
+        usable = np.array([i for i in range(len(self.scan.items)) if i not in excluded], dtype=np.int64)
+        if self.settings.split_file:
+            self.split = load_split(self.settings.split_file, self.scan.items, usable, self.root)
+        else:
+            self.split = new_split(self.scan.items, usable, self.settings.seed)
+        for name in SPLITS:
+            if len(self.split.indices[name]) == 0:
+                raise UserError(
+                    f"too few images to split: {len(usable)} usable in {self.root} leave the {name} split "
+                    f"empty; use at least 20 images"
+                )
+            self.datasets[name] = self._make_dataset(name)
+
+    def _build_caches(self) -> set:
+        """Build or open the cache of every view the model needs; returns the rows whose image cannot be decoded
+        (the cache build decodes every image once, so broken files are found here, before any training)."""
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        views = ("original", "mirrored") if self.input.mirror else ("original",)
+        excluded: set = set()
+        for view in views:
+            self.caches[view] = self.features.build(self.root, self.scan.items, self.input.image_size, view, device)
+            excluded |= set(self.caches[view].undecodable_rows)
+        return excluded
+
+    def _make_dataset(self, name: str) -> Dataset:
+        indices = self.split.indices[name]
+        items = self.split_items(name)
+        if not self.input.mirror:
+            views = "original"
+        else:
+            views = "random" if name == "train" else "both"
+        if self.caches:
+            return CachedFeatureDataset(self.caches, indices, items, views)
+        return ImageDataset(self.root, items, self.input.image_size, views=views)
+
+    def _loader(self, name: str) -> DataLoader:
+        dataset = self.datasets[name]
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
+        training = name == "train"
+        sampler = (EpochShuffleSampler(len(dataset), self.settings.seed) if training
+                   else evaluation_sampler(dataset, world, rank))
+        batch_size = self.settings.batch_size
+        # BatchNorm (the compact head) cannot train on a batch of one item: drop such a last batch, and only then.
+        # (Lightning's distributed sampler pads every process to the same count of items.)
+        drop_last = training and -(-len(dataset) // world) % batch_size == 1
+        if isinstance(dataset, CachedFeatureDataset):
+            # Reading a batch from the memory map costs far less than starting worker processes.
+            return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=batch_is_ready,
+                              drop_last=drop_last)
+        workers = self.settings.num_workers
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                          persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(), drop_last=drop_last)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    # -- what the run reports --------------------------------------------------------------------------------
+    def split_items(self, name: str) -> List[FaceItem]:
+        """The items of split ``name`` (``train``, ``val`` or ``test``)."""
+        return self.split.items(self.scan.items, name)
+
+    def class_counts(self) -> Dict[str, List[int]]:
+        """Images per age group in each split."""
+        return self.split.class_counts(self.scan.items)
+
+    def save_split(self, path: Path) -> Path:
+        """Write ``split.json`` so a later test or resume uses the same validation and test images."""
+        return self.split.save(path, self.scan.items, self.settings.seed)
+
+    def save_skipped(self, path: Path) -> Optional[Path]:
+        """Write every skipped file with its reason, one per line (nothing if none were skipped)."""
+        if not self.scan or not self.scan.skipped:
+            return None
+        path = Path(path)
+        path.write_text("".join(f"{name}\t{reason}\n" for name, reason in self.scan.skipped))
+        return path
+
+    def _report_skipped(self) -> None:
+        if not self.scan.skipped:
+            return
+        if self.settings.strict_data:
+            raise UserError(f"--strict_data: {self.scan.skipped_summary()}")
+        log.warning("UTKFace: %s (full list in %s of the run folder)", self.scan.skipped_summary(), SKIPPED_FILE_NAME)

@@ -1,0 +1,165 @@
+"""Datasets of decoded images and of cached backbone features, and the views (face / mirror image) they serve.
+
+Every item is a dict, and so is every batch: ``images`` (``V x 3 x S x S``) or ``features`` (``V x C x H x W``),
+``group`` and ``age``. ``V`` is the number of views of the face, an explicit dimension: 1 (the face, its mirror
+image, or one of the two drawn at random) or 2 (the face and its mirror image, averaged by the model). Nothing
+downstream guesses what a tensor holds from its shape.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from project.data.scan import FaceItem
+from project.errors import UserError
+from project.progress import progress_interval
+from project.transforms import build_transform, load_rgb_image, mirror
+
+#: How a dataset serves a face: ``original``; ``mirrored`` (the mirror-image feature cache is built from these);
+#: ``random`` (training: the face or its mirror image, a fair coin per item); ``both`` (evaluation: two views).
+VIEW_MODES = ("original", "mirrored", "random", "both")
+#: The stored views a feature cache can hold (one cache each).
+CACHED_VIEWS = ("original", "mirrored")
+#: With ``on_error="flag"`` every item carries this key: False when its pixel data could not be decoded.
+DECODED = "decoded"
+
+
+def check_view_mode(mode: str) -> str:
+    if mode not in VIEW_MODES:
+        raise ValueError(f"unknown view mode {mode!r}; choose one of {', '.join(VIEW_MODES)}")
+    return mode
+
+
+def views_per_item(mode: str) -> int:
+    """``V``: 2 for ``both``, else 1."""
+    return 2 if check_view_mode(mode) == "both" else 1
+
+
+def _draw_mirror() -> bool:
+    """One fair coin from torch's global RNG, per item: the image and the cached-feature datasets draw the same
+    sequence, so training with and without the feature cache sees the same mirror images (and EpochSeeding reseeds
+    it every epoch, so a resumed run does too)."""
+    return bool(torch.rand(()) < 0.5)
+
+
+class ImageDataset(Dataset):
+    """Decoded, preprocessed images: ``{"images": V x 3 x S x S, "group", "age"}`` for the given items.
+
+    A file that passed the scan's cheap check but cannot be decoded raises a one-line :class:`UserError`; with
+    ``on_error="flag"`` (the feature-cache build and the decode check, which decode every image once up front) it
+    yields zeros and ``decoded=False`` instead, so the caller can skip and report it.
+    """
+
+    def __init__(self, root: Path, items: Sequence[FaceItem], image_size: int, views: str = "original",
+                 on_error: str = "raise") -> None:
+        if on_error not in ("raise", "flag"):
+            raise ValueError(f"on_error must be 'raise' or 'flag', not {on_error!r}")
+        self.root = Path(root)
+        self.items = list(items)
+        self.image_size = image_size
+        self.transform = build_transform(image_size)
+        self.views = check_view_mode(views)
+        self.flag_errors = on_error == "flag"
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Dict[str, object]:
+        item = self.items[index]
+        path = self.root / item.relpath
+        try:
+            image = load_rgb_image(path)
+        except Exception as err:  # passed the cheap check, but the pixel data is broken
+            if not self.flag_errors:
+                reason = " ".join(str(err).split())[:160]
+                raise UserError(f"cannot decode {path} ({type(err).__name__}: {reason}); delete or replace it"
+                                ) from None
+            blank = torch.zeros(views_per_item(self.views), 3, self.image_size, self.image_size)
+            return {"images": blank, "group": item.group, "age": item.age, DECODED: False}
+        record = {"images": self._views(self.transform(image)), "group": item.group, "age": item.age}
+        if self.flag_errors:
+            record[DECODED] = True
+        return record
+
+    def _views(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.views == "both":
+            return torch.stack([tensor, mirror(tensor)])
+        if self.views == "mirrored" or (self.views == "random" and _draw_mirror()):
+            tensor = mirror(tensor)
+        return tensor.unsqueeze(0)
+
+
+class CachedFeatureDataset(Dataset):
+    """Rows of the feature caches: ``{"features": V x C x H x W, "group", "age"}``, read a whole batch at a time.
+
+    ``caches`` maps each stored view (``original``, ``mirrored``) to its ``FeatureCache``; ``views`` picks what an
+    item serves (see :data:`VIEW_MODES`), and ``random`` and ``both`` need both caches.
+    """
+
+    def __init__(self, caches: Mapping[str, object], rows: np.ndarray, items: Sequence[FaceItem],
+                 views: str = "original") -> None:
+        self.views = check_view_mode(views)
+        needed = CACHED_VIEWS if self.views in ("random", "both") else (self.views,)
+        missing = [view for view in needed if view not in caches]
+        if missing:
+            raise ValueError(f"views={views!r} needs the {' and '.join(missing)} feature cache")
+        self.caches = dict(caches)
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.groups = torch.as_tensor([item.group for item in items], dtype=torch.long)
+        self.ages = torch.as_tensor([item.age for item in items], dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
+        return {key: value[0] for key, value in self.__getitems__([index]).items()}
+
+    def __getitems__(self, indices: Sequence[int]) -> Dict[str, torch.Tensor]:
+        """One fancy-indexed read of the memory map for the whole batch (DataLoader calls this when present)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        rows = self.rows[indices]
+        if self.views == "both":
+            features = torch.stack([self.caches[view].read(rows) for view in CACHED_VIEWS], dim=1)
+        elif self.views == "random":
+            mirrored = np.array([_draw_mirror() for _ in rows], dtype=bool)
+            original = self.caches["original"].read(rows[~mirrored])  # each row read once, from its view's cache
+            features = torch.empty((len(rows),) + tuple(original.shape[1:]), dtype=original.dtype)
+            features[torch.from_numpy(~mirrored)] = original
+            features[torch.from_numpy(mirrored)] = self.caches["mirrored"].read(rows[mirrored])
+            features = features.unsqueeze(1)
+        else:
+            features = self.caches[self.views].read(rows).unsqueeze(1)
+        return {"features": features, "group": self.groups[indices], "age": self.ages[indices]}
+
+
+def batch_is_ready(batch):
+    """Collate for :class:`CachedFeatureDataset`: ``__getitems__`` already returned a stacked batch."""
+    return batch
+
+
+def undecoded_rows(batch: Mapping[str, torch.Tensor], first_row: int) -> List[int]:
+    """The rows of a flagged batch (``on_error="flag"``) whose image could not be decoded."""
+    return [first_row + int(i) for i in torch.nonzero(~batch[DECODED]).flatten()]
+
+
+def find_undecodable(root: Path, items: Sequence[FaceItem], num_workers: int) -> List[int]:
+    """Decode every image once (tiny resize, so it costs about what reading the files does) and return the rows
+    that fail: without a feature cache nothing else decodes every image before training, and a broken file must be
+    skipped and reported up front, not stop the run in the middle of an epoch."""
+    from tqdm.auto import tqdm
+
+    check = ImageDataset(root, items, image_size=32, on_error="flag")
+    rows: List[int] = []
+    done = 0
+    with tqdm(total=len(check), unit="img", desc="Checking that every image decodes",
+              mininterval=progress_interval()) as bar:
+        for batch in DataLoader(check, batch_size=64, num_workers=num_workers):
+            rows += undecoded_rows(batch, done)
+            done += len(batch["group"])
+            bar.update(len(batch["group"]))
+    return rows

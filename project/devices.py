@@ -1,0 +1,43 @@
+"""Accelerator names and the devices they stand for: one definition for training, prediction and benchmarks."""
+
+from __future__ import annotations
+
+from typing import Union
+
+import torch
+
+from project.errors import UserError
+
+#: ``--accelerator`` choices everywhere (``gpu`` and ``cuda`` are the same thing)
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
+NO_GPU_MESSAGE = "--accelerator gpu but no CUDA GPU is visible; use --accelerator cpu or auto"
+
+
+def device_type_for(accelerator: str) -> str:
+    """``"cuda"`` or ``"cpu"`` for an ``--accelerator`` value (``auto`` picks CUDA when present)."""
+    if accelerator in ("gpu", "cuda"):
+        return "cuda"
+    if accelerator == "auto" and torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def lightning_accelerator(accelerator: str) -> str:
+    """The name Lightning's Trainer takes (it knows ``gpu``, not ``cuda``)."""
+    return "gpu" if accelerator == "cuda" else accelerator
+
+
+def resolve_device(name: Union[str, torch.device, None]) -> torch.device:
+    """An ``--accelerator`` value (or any ``torch.device`` string such as ``cuda:1``) as a usable device."""
+    if isinstance(name, torch.device):
+        device = name
+    elif name in (None, *ACCELERATORS):
+        device = torch.device(device_type_for(name or "auto"))
+    else:
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise UserError(f"unknown device {name!r}: use cpu, gpu or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(NO_GPU_MESSAGE)
+    return device

@@ -1,0 +1,176 @@
+"""AgeGroupPredictor: age-group probabilities for paths, PIL images or arrays, one face or every face in a photo.
+
+    predictor = AgeGroupPredictor.from_checkpoint("last.ckpt")
+    for result in predictor.predict(["a.jpg", pil_image, numpy_array]):
+        print(result.source, result.group, result.confidence, result.error)
+
+Images go through exactly the training preprocessing (:mod:`project.transforms`). Only the checkpoint is needed:
+no dataset, no feature cache, no network, no Lightning.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from project.age_groups import GROUP_LABELS
+from project.devices import resolve_device
+from project.errors import UserError
+from project.inference.faces import crop_face
+from project.models.checkpoint import TrainedNet, load_trained_net
+from project.transforms import ImageInput, build_transform, load_rgb_image
+
+
+@dataclass
+class Prediction:
+    """The prediction for one image (or one face of it with a face detector).
+
+    ``error`` is set, and the prediction fields are empty, when the image could not be read (or had no face).
+    ``face_box`` is ``(x, y, w, h)`` of the detected face in the upright image.
+    """
+
+    source: str
+    group: Optional[str] = None
+    group_index: Optional[int] = None
+    confidence: Optional[float] = None
+    probabilities: Dict[str, float] = field(default_factory=dict)
+    face_box: Optional[Tuple[int, int, int, int]] = None
+    error: Optional[str] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> Dict:
+        record = asdict(self)
+        record["face_box"] = list(self.face_box) if self.face_box else None
+        return record
+
+
+@dataclass
+class ImageResult:
+    """One input: its upright RGB image (``None`` if unreadable) and its predictions (one per face)."""
+
+    source: str
+    image: Optional[Image.Image]
+    predictions: List[Prediction]
+
+
+def describe_error(err: BaseException) -> str:
+    """A one-line reason why an image could not be used."""
+    if isinstance(err, FileNotFoundError):
+        return "file not found"
+    if isinstance(err, IsADirectoryError):
+        return "is a folder, not an image"
+    text = " ".join(str(err).split()) or type(err).__name__
+    if type(err).__name__ == "UnidentifiedImageError":
+        return "not a readable image (unknown or corrupt format)"
+    return f"cannot read image ({type(err).__name__}: {text[:200]})"
+
+
+def source_name(item: ImageInput, index: int) -> str:
+    """How an input is named in the results: its path, or ``<PIL image #i>`` / ``<array #i>``."""
+    if isinstance(item, Image.Image):
+        return f"<PIL image #{index}>"
+    if isinstance(item, np.ndarray):
+        return f"<array #{index}>"
+    return str(item)
+
+
+def _as_list(images) -> List[ImageInput]:
+    if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
+        return [images]
+    return list(images)
+
+
+def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+class AgeGroupPredictor:
+    """Age-group predictions for arbitrary images with a trained network.
+
+    Args:
+        model: a :class:`~project.models.checkpoint.TrainedNet` (the network and its calibration temperature).
+        device: where to run; ``None`` keeps the network where it is (used for plots right after training).
+    """
+
+    def __init__(self, model: TrainedNet, device: Union[str, torch.device, None] = None) -> None:
+        self.model = model
+        self.net = model.net.eval()
+        if device is not None:
+            self.net.to(resolve_device(device))
+        reference = next(self.net.heads.parameters())
+        self.device, self.dtype = reference.device, reference.dtype
+        self.image_size = self.net.settings.input.image_size
+        self.transform = build_transform(self.image_size)
+
+    @classmethod
+    def from_checkpoint(cls, path: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu"
+                        ) -> "AgeGroupPredictor":
+        """Load a checkpoint written by training (safely: ``weights_only``, nothing downloaded)."""
+        target = resolve_device(device)
+        return cls(load_trained_net(path, device=target))
+
+    # -- prediction ------------------------------------------------------------------------------------------
+    def predict(self, images: Union[ImageInput, Iterable[ImageInput]], batch_size: int = 32,
+                face_detector=None) -> List[Prediction]:
+        """Predict paths, PIL images or uint8 arrays (one or a list); unreadable files get ``error`` set.
+
+        With a :class:`project.inference.faces.FaceDetector`, every face found is predicted on its own.
+        """
+        return [p for result in self.iter_results(images, batch_size, face_detector) for p in result.predictions]
+
+    def iter_results(self, images: Union[ImageInput, Iterable[ImageInput]], batch_size: int = 32,
+                     face_detector=None) -> Iterator[ImageResult]:
+        """Like :meth:`predict`, but one :class:`ImageResult` per input, keeping the loaded image (for drawing).
+
+        Inputs are read ``batch_size`` at a time, so a folder of thousands of photos never sits in memory.
+        """
+        if batch_size < 1:
+            raise UserError(f"batch_size must be at least 1 (got {batch_size})")
+        indexed = list(enumerate(_as_list(images)))
+        for chunk in _chunks(indexed, batch_size):
+            loaded = [self._load(item, index, face_detector) for index, item in chunk]
+            crops = [(pred, crop) for result, crop_list in loaded for pred, crop in zip(result.predictions, crop_list)
+                     if crop is not None]
+            for batch in _chunks(crops, batch_size):
+                self._fill(batch)
+            yield from (result for result, _ in loaded)
+
+    def probabilities(self, rgb_images: Sequence[Image.Image]) -> np.ndarray:
+        """Calibrated probabilities (``N x 5``) for upright RGB images, through the training preprocessing."""
+        batch = torch.stack([self.transform(image) for image in rgb_images])
+        with torch.inference_mode():
+            logits = self.model.calibrated_logits(batch.to(self.device, self.dtype))
+            return torch.softmax(logits.float(), dim=1).cpu().numpy()
+
+    def _load(self, item: ImageInput, index: int, face_detector) -> Tuple[ImageResult, List[Optional[Image.Image]]]:
+        """Read one input; return its result skeleton and the crop (or face crops) to predict."""
+        name = source_name(item, index)
+        try:
+            image = load_rgb_image(item)
+        except Exception as err:  # any unreadable input is reported, the others go on
+            return ImageResult(name, None, [Prediction(name, error=describe_error(err))]), [None]
+        if face_detector is None:
+            return ImageResult(name, image, [Prediction(name)]), [image]
+        faces = face_detector.detect(image)
+        if not faces:
+            return ImageResult(name, image, [Prediction(name, error="no face detected")]), [None]
+        predictions = [Prediction(name, face_box=face.as_tuple()) for face in faces]
+        return ImageResult(name, image, predictions), [crop_face(image, face) for face in faces]
+
+    def _fill(self, batch: Sequence[Tuple[Prediction, Image.Image]]) -> None:
+        probabilities = self.probabilities([crop for _, crop in batch])
+        for (prediction, _), row in zip(batch, probabilities):
+            best = int(row.argmax())
+            prediction.group_index = best
+            prediction.group = GROUP_LABELS[best]
+            prediction.confidence = float(row[best])
+            prediction.probabilities = {label: float(p) for label, p in zip(GROUP_LABELS, row)}

@@ -1,0 +1,63 @@
+"""Prediction results as a plain-text table, a CSV file or a JSON file (error rows included)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Dict, Sequence
+
+from project.age_groups import GROUP_LABELS
+from project.fileutils import atomic_path
+from project.inference.predictor import Prediction
+
+#: ``--output`` file types
+OUTPUT_SUFFIXES = (".csv", ".json")
+#: One row per prediction: the face box as four columns, one probability column per group.
+CSV_COLUMNS = (["source", "face_x", "face_y", "face_w", "face_h", "group", "group_index", "confidence"]
+               + [f"p_{label}" for label in GROUP_LABELS] + ["error"])
+
+
+def csv_row(prediction: Prediction) -> Dict:
+    """One CSV row: the face box as four columns, one probability column per group (6 decimals)."""
+    box = prediction.face_box or (None,) * 4
+    confidence = None if prediction.confidence is None else round(prediction.confidence, 6)
+    row = {"source": prediction.source, "face_x": box[0], "face_y": box[1], "face_w": box[2], "face_h": box[3],
+           "group": prediction.group, "group_index": prediction.group_index, "confidence": confidence,
+           "error": prediction.error}
+    row.update({f"p_{label}": round(p, 6) for label, p in prediction.probabilities.items()})
+    return {key: "" if value is None else value for key, value in row.items()}
+
+
+def write_output(predictions: Sequence[Prediction], path: Path) -> None:
+    """Write all predictions as CSV or JSON (by ``path``'s suffix), error rows included."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        if path.suffix.lower() == ".json":
+            tmp.write_text(json.dumps([p.to_dict() for p in predictions], indent=1))
+            return
+        with tmp.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+            writer.writeheader()
+            writer.writerows(csv_row(p) for p in predictions)
+
+
+def format_table(predictions: Sequence[Prediction], max_name: int = 60) -> str:
+    """A plain-text table: file, (face), predicted group, probability of each group."""
+    with_faces = any(p.face_box for p in predictions)
+    names = [p.source if len(p.source) <= max_name else "..." + p.source[-(max_name - 3):] for p in predictions]
+    name_width = max([len("file")] + [len(n) for n in names])
+    header = f"{'file':<{name_width}}  " + (f"{'face (x,y,w,h)':<19}  " if with_faces else "")
+    header += f"{'group':<7}  " + "  ".join(f"{label:>7}" for label in GROUP_LABELS)
+    lines = [header, "-" * len(header)]
+    for name, prediction in zip(names, predictions):
+        line = f"{name:<{name_width}}  "
+        if with_faces:
+            line += f"{','.join(map(str, prediction.face_box)) if prediction.face_box else '-':<19}  "
+        if prediction.ok:
+            probabilities = "  ".join(f"{prediction.probabilities[label]:>7.3f}" for label in GROUP_LABELS)
+            line += f"{prediction.group:<7}  {probabilities}"
+        else:
+            line += f"error: {prediction.error}"
+        lines.append(line)
+    return "\n".join(lines)

@@ -1,0 +1,135 @@
+"""Reading checkpoints written by training: safely, without Lightning, in today's layout.
+
+A checkpoint is Lightning's dict: ``state_dict`` (the LightningModule's ``net.*`` parameters), ``hyper_parameters``
+(the network, optimizer and objective settings as plain dicts, see :func:`hyper_parameters`) and ``temperature``
+(the calibration fitted on validation). Files are read with ``torch.load(weights_only=True)``: a file that would
+need to unpickle objects is refused, and no code in it ever runs.
+
+Checkpoints of release 0.1.0 (flat hyper-parameters; the LightningModule held ``backbone`` and ``head`` itself, one
+head as a bare module or several as ``head.members.K``) are turned into today's layout on load by
+:func:`upgrade_checkpoint`, so they keep loading, testing and resuming unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Union
+
+import torch
+
+from project.errors import UserError, first_line
+from project.models.net import AgeNet
+from project.settings import (
+    InputSettings,
+    NetSettings,
+    ObjectiveSettings,
+    OptimizerSettings,
+)
+
+#: ``hyper_parameters["format"]`` of the checkpoints this release writes (0.1.0 wrote flat ones, without it)
+CHECKPOINT_FORMAT = 2
+#: The LightningModule keeps its :class:`AgeNet` as ``net``: its parameters are saved under this prefix.
+NET_PREFIX = "net."
+TEMPERATURE_KEY = "temperature"
+
+MapLocation = Union[str, torch.device, None]
+
+
+@dataclass(frozen=True)
+class SavedSettings:
+    """The settings a checkpoint was trained with."""
+
+    net: NetSettings
+    optimizer: OptimizerSettings
+    objective: ObjectiveSettings
+
+
+def hyper_parameters(net: NetSettings, optimizer: OptimizerSettings, objective: ObjectiveSettings) -> Dict:
+    """What a checkpoint stores of its settings: plain types only, so it loads with ``weights_only=True``."""
+    return {"format": CHECKPOINT_FORMAT, "net": net.to_dict(), "optimizer": optimizer.to_dict(),
+            "objective": objective.to_dict()}
+
+
+def saved_settings(hparams: Mapping[str, Any]) -> SavedSettings:
+    """The settings in a checkpoint's (upgraded) ``hyper_parameters``."""
+    return SavedSettings(NetSettings.from_dict(hparams["net"]), OptimizerSettings.from_dict(hparams["optimizer"]),
+                         ObjectiveSettings(**hparams["objective"]))
+
+
+def upgrade_checkpoint(checkpoint: Dict[str, Any]) -> Dict[str, Any]:
+    """Turn a checkpoint of release 0.1.0 into today's layout, in place (today's are returned unchanged)."""
+    flat = checkpoint["hyper_parameters"]
+    if flat.get("format") == CHECKPOINT_FORMAT:
+        return checkpoint
+    net = NetSettings(
+        input=InputSettings(image_size=flat["image_size"], feature_layer=flat["feature_layer"], mirror=flat["mirror"]),
+        head=flat["head"], target=flat["target"], ensemble_size=flat["ensemble_size"],
+        hidden_sizes=tuple(flat["hidden_sizes"]), dropout=flat["dropout"],
+    )
+    optimizer = OptimizerSettings(name=flat["optimizer"], lr=flat["lr"], weight_decay=flat["weight_decay"],
+                                  schedule=flat["schedule"])
+    objective = ObjectiveSettings(age_sigma=flat["age_sigma"], calibrate=flat["calibrate"])
+    checkpoint["hyper_parameters"] = hyper_parameters(net, optimizer, objective)
+    checkpoint["state_dict"] = {_upgraded_key(key, net.ensemble_size): value
+                                for key, value in checkpoint["state_dict"].items()}
+    return checkpoint
+
+
+def _upgraded_key(key: str, ensemble_size: int) -> str:
+    """0.1.0's parameter names in today's: ``backbone.*`` -> ``net.backbone.*``; ``head.*`` (one head) or
+    ``head.members.K.*`` (several) -> ``net.heads.K.*``."""
+    if key.startswith("head.members."):
+        return NET_PREFIX + "heads." + key[len("head.members."):]
+    if key.startswith("head.") and ensemble_size == 1:
+        return NET_PREFIX + "heads.0." + key[len("head."):]
+    return NET_PREFIX + key
+
+
+def read_checkpoint(path: Union[str, os.PathLike], map_location: MapLocation = "cpu") -> Dict[str, Any]:
+    """Load a checkpoint written by training (``weights_only``), upgraded to today's layout.
+
+    Every problem a user can cause (no such file, a truncated file, something that is not a checkpoint, a pickle
+    that would need to run code) is a one-line :class:`UserError`.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist; pass a .ckpt written by training")
+    try:
+        checkpoint = upgrade_checkpoint(torch.load(path, map_location=map_location, weights_only=True))
+        float(checkpoint[TEMPERATURE_KEY])
+        return checkpoint
+    except Exception as err:  # noqa: BLE001 - every failure is explained in one line
+        reason = f"missing {err}" if isinstance(err, KeyError) else first_line(err)
+        raise UserError(f"cannot load checkpoint {path} safely (weights_only): {reason}") from None
+
+
+@dataclass
+class TrainedNet:
+    """A trained network and its calibration, ready for prediction (no Lightning needed)."""
+
+    net: AgeNet
+    #: divides the group logits so the probabilities are calibrated (1.0: uncalibrated)
+    temperature: float
+
+    def calibrated_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Preprocessed images ``N x 3 x S x S`` -> calibrated group logits ``N x 5``."""
+        return self.net(images) / self.temperature
+
+
+def load_trained_net(path: Union[str, os.PathLike], device: Optional[torch.device] = None) -> TrainedNet:
+    """The network (on ``device``, in eval mode) and temperature of a checkpoint (see :func:`read_checkpoint`)."""
+    checkpoint = read_checkpoint(path)
+    settings = saved_settings(checkpoint["hyper_parameters"])
+    net = AgeNet(settings.net)
+    state = {key[len(NET_PREFIX):]: value for key, value in checkpoint["state_dict"].items()
+             if key.startswith(NET_PREFIX)}
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        raise UserError(f"cannot load checkpoint {path}: its weights do not fit its settings ({first_line(err)})"
+                        ) from None
+    if device is not None:
+        net.to(device)
+    return TrainedNet(net.eval(), float(checkpoint[TEMPERATURE_KEY]))

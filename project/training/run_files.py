@@ -1,0 +1,67 @@
+"""The run folder (``lightning_logs/version_N``): its file names, and reading and writing them.
+
+    checkpoints/        best-epoch=..-val_acc=....ckpt, last.ckpt
+    metrics.csv         per-epoch metrics (Lightning's CSV logger)
+    test_metrics.json   what the test pass measured
+    split.json          the validation and test file names and the seed
+    skipped_files.txt   every unusable file with its reason (only when there were some)
+    run_config.json     the run's settings under their flag names (``RunSettings.record``)
+    plots/              the run's figures
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import pytorch_lightning as pl
+
+from project.data.datamodule import SKIPPED_FILE_NAME  # noqa: F401 - one of the run files
+from project.fileutils import write_json_atomic
+
+SPLIT_FILE_NAME = "split.json"
+METRICS_FILE_NAME = "test_metrics.json"
+CONFIG_FILE_NAME = "run_config.json"
+LAST_CHECKPOINT_NAME = "last.ckpt"
+
+
+def run_folder(trainer: pl.Trainer) -> Path:
+    """The run's folder (``lightning_logs/version_N``; ``default_root_dir`` when logging is off, as in
+    ``--fast_dev_run``). ``trainer.log_dir`` is a collective call under DDP: every rank must make it."""
+    log_dir = trainer.log_dir
+    return Path(log_dir if log_dir is not None else trainer.default_root_dir)
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    """The run folder a checkpoint was written into (``version_N/checkpoints/x.ckpt`` -> ``version_N``)."""
+    return Path(checkpoint).resolve().parent.parent
+
+
+def version_of(checkpoint: Path) -> Optional[int]:
+    """``N`` of the ``version_N`` run folder a checkpoint belongs to (None elsewhere)."""
+    name = Path(checkpoint).parent.parent.name
+    return int(name.split("_")[-1]) if name.startswith("version_") else None
+
+
+def latest_last_checkpoint(root: Path) -> Optional[Path]:
+    """``last.ckpt`` of the newest run under ``root/lightning_logs`` (None when there is none)."""
+    candidates = sorted(root.glob(f"lightning_logs/version_*/checkpoints/{LAST_CHECKPOINT_NAME}"),
+                        key=lambda p: int(p.parent.parent.name.split("_")[-1]))
+    return candidates[-1] if candidates else None
+
+
+def write_config(run_dir: Path, record: Dict[str, Any]) -> None:
+    write_json_atomic(run_dir / CONFIG_FILE_NAME, json.loads(json.dumps(record, default=str)))
+
+
+def read_config(run_dir: Path) -> Optional[Dict[str, Any]]:
+    """The run's ``run_config.json`` (None when the run has none)."""
+    path = Path(run_dir) / CONFIG_FILE_NAME
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_metrics(run_dir: Path, payload: Dict[str, Any]) -> Path:
+    path = Path(run_dir) / METRICS_FILE_NAME
+    write_json_atomic(path, payload)
+    return path

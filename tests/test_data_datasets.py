@@ -1,0 +1,75 @@
+"""Datasets: decoded images and cached features, both as dicts with an explicit views dimension."""
+
+import numpy as np
+import pytest
+import torch
+from helpers.synthetic import write_undecodable_jpeg
+
+from project.data.datasets import CachedFeatureDataset, ImageDataset, find_undecodable
+from project.data.scan import scan_utkface
+from project.errors import UserError
+from project.transforms import mirror
+
+
+@pytest.mark.parametrize("views, count", [("original", 1), ("mirrored", 1), ("random", 1), ("both", 2)])
+def test_image_items_hold_their_views(utkface_dir, views, count):
+    items = scan_utkface(utkface_dir).items
+    item = ImageDataset(utkface_dir, items, 32, views=views)[3]
+    assert item["images"].shape == (count, 3, 32, 32)
+    assert (item["group"], item["age"]) == (items[3].group, items[3].age) and "decoded" not in item
+    face = ImageDataset(utkface_dir, items, 32)[3]["images"][0]
+    if views == "both":
+        assert torch.equal(item["images"][0], face) and torch.equal(item["images"][1], mirror(face))
+    if views == "mirrored":
+        assert torch.equal(item["images"][0], mirror(face))
+
+
+class _Rows:
+    """A stand-in feature cache whose row ``r`` is filled with ``r`` (and ``-r`` for the mirror images)."""
+
+    def __init__(self, sign):
+        self.sign = sign
+
+    def read(self, rows):
+        return self.sign * torch.as_tensor(np.asarray(rows), dtype=torch.float32).view(-1, 1, 1, 1).expand(-1, 2, 1, 1)
+
+
+def test_cached_items_read_each_view_from_its_cache(utkface_dir):
+    items = scan_utkface(utkface_dir).items[:6]
+    rows = np.arange(10, 16)
+    caches = {"original": _Rows(1), "mirrored": _Rows(-1)}
+    both = CachedFeatureDataset(caches, rows, items, "both").__getitems__([0, 2])
+    assert both["features"].shape == (2, 2, 2, 1, 1)
+    assert both["features"][:, 0, 0, 0, 0].tolist() == [10, 12]
+    assert both["features"][:, 1, 0, 0, 0].tolist() == [-10, -12]
+    assert both["group"].tolist() == [items[0].group, items[2].group]
+    torch.manual_seed(0)
+    drawn = CachedFeatureDataset(caches, rows, items, "random").__getitems__(list(range(6)))["features"]
+    assert drawn.shape == (6, 1, 2, 1, 1) and set(drawn[:, 0, 0, 0, 0].abs().tolist()) == set(rows.tolist())
+    with pytest.raises(ValueError, match="mirrored feature cache"):
+        CachedFeatureDataset({"original": _Rows(1)}, rows, items, "random")
+
+
+def test_random_views_draw_the_same_coins_with_and_without_the_cache(utkface_dir):
+    """So a run on cached features sees the same mirror images as a run on the JPEGs."""
+    items = scan_utkface(utkface_dir).items[:8]
+    caches = {"original": _Rows(1), "mirrored": _Rows(-1)}
+    torch.manual_seed(3)
+    cached = CachedFeatureDataset(caches, np.arange(1, 9), items, "random").__getitems__(list(range(8)))
+    mirrored_rows = (cached["features"][:, 0, 0, 0, 0] < 0).tolist()
+    images = ImageDataset(utkface_dir, items, 32, views="random")
+    originals = ImageDataset(utkface_dir, items, 32)
+    torch.manual_seed(3)
+    drawn = [not torch.equal(images[i]["images"], originals[i]["images"]) for i in range(8)]
+    assert drawn == mirrored_rows and any(drawn) and not all(drawn)
+
+
+def test_undecodable_images_raise_one_line_or_are_flagged(utkface_dir):
+    broken = write_undecodable_jpeg(utkface_dir)
+    items = scan_utkface(utkface_dir).items
+    row = next(i for i, item in enumerate(items) if item.relpath == broken.name)
+    with pytest.raises(UserError, match="cannot decode .*delete or replace it"):
+        ImageDataset(utkface_dir, items, 32)[row]
+    flagged = ImageDataset(utkface_dir, items, 32, on_error="flag")
+    assert flagged[row]["decoded"] is False and flagged[0]["decoded"] is True
+    assert find_undecodable(utkface_dir, items, num_workers=0) == [row]

@@ -1,0 +1,83 @@
+"""The prediction API: every image format and mode, arrays and PIL images, EXIF, unreadable inputs, checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers.photos import IMAGE_MODES, pattern
+from PIL import Image
+
+from project.age_groups import GROUP_LABELS
+from project.errors import UserError
+from project.inference.predictor import AgeGroupPredictor
+from project.lit_classifier_main import LitClassifier
+from project.transforms import build_transform
+
+
+def assert_valid(prediction):
+    assert prediction.ok, prediction.error
+    probabilities = [prediction.probabilities[label] for label in GROUP_LABELS]
+    assert sum(probabilities) == pytest.approx(1.0, abs=1e-5)
+    assert prediction.group == GROUP_LABELS[prediction.group_index] == GROUP_LABELS[int(np.argmax(probabilities))]
+    assert prediction.confidence == pytest.approx(max(probabilities))
+
+
+def test_predictions_are_the_trained_models_calibrated_probabilities(predictor, checkpoint, photo_dir):
+    model = LitClassifier.load_from_checkpoint(checkpoint).eval()
+    image = Image.open(photo_dir / "rgb.png").convert("RGB")
+    with torch.no_grad():
+        expected = model.predict_step(build_transform(32)(image).unsqueeze(0), 0)[0]
+    [prediction] = predictor.predict(image)
+    assert [prediction.probabilities[label] for label in GROUP_LABELS] == pytest.approx(expected.tolist(), abs=1e-6)
+
+
+def test_every_file_format_and_mode_is_predicted(predictor, photo_dir):
+    assert Image.open(photo_dir / "sixteen_bit.png").mode == "I;16"
+    assert Image.open(photo_dir / "cmyk.jpg").mode == "CMYK"
+    predictions = predictor.predict([photo_dir / name for name in IMAGE_MODES], batch_size=5)
+    assert [Path(p.source).name for p in predictions] == IMAGE_MODES
+    for prediction in predictions:
+        assert_valid(prediction)
+
+
+def test_pil_images_arrays_and_single_inputs(predictor, photo_dir):
+    [from_file] = predictor.predict(photo_dir / "rgb.png")  # a single input still gives a list
+    from_pil, from_array = predictor.predict([Image.fromarray(pattern()), pattern()])
+    assert (from_pil.source, from_array.source) == ("<PIL image #0>", "<array #1>")
+    for prediction in (from_pil, from_array):
+        assert prediction.probabilities == pytest.approx(from_file.probabilities, abs=1e-6)
+
+
+def test_exif_orientation_is_applied(predictor, photo_dir):
+    with Image.open(photo_dir / "exif_rotated.jpg") as stored:
+        stored.load()
+        stored_pixels = Image.fromarray(np.asarray(stored))  # the same pixels without the EXIF tag
+    upright = stored_pixels.transpose(Image.Transpose.ROTATE_270)  # what orientation 6 means
+    assert upright.size == (32, 48)
+    from_file, by_hand, sideways = predictor.predict([photo_dir / "exif_rotated.jpg", upright, stored_pixels])
+    assert from_file.probabilities == pytest.approx(by_hand.probabilities, abs=1e-6)
+    assert from_file.probabilities != pytest.approx(sideways.probabilities, abs=1e-9)
+
+
+def test_unreadable_inputs_get_an_error_and_the_rest_go_on(predictor, photo_dir, tmp_path):
+    inputs = [photo_dir / "corrupt.jpg", photo_dir / "rgb.jpg", photo_dir / "notes.txt", tmp_path / "missing.jpg",
+              np.zeros((8, 8, 3), dtype=np.float32), photo_dir]
+    corrupt, good, text, missing, float_array, folder = predictor.predict(inputs)
+    assert_valid(good)
+    for failed in (corrupt, text, missing, float_array, folder):
+        assert failed.error and failed.group is None and failed.probabilities == {}
+    assert "not a readable image" in corrupt.error and missing.error == "file not found"
+
+
+def test_a_bad_checkpoint_or_batch_size_is_a_user_error(predictor, tmp_path, checkpoint):
+    with pytest.raises(UserError, match="does not exist"):
+        AgeGroupPredictor.from_checkpoint(tmp_path / "missing.ckpt")
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(checkpoint.read_bytes()[:5000])  # truncated download
+    with pytest.raises(UserError, match="cannot load checkpoint"):
+        AgeGroupPredictor.from_checkpoint(broken)
+    with pytest.raises(UserError, match="batch_size must be at least 1"):
+        predictor.predict([tmp_path], batch_size=0)

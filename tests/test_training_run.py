@@ -1,0 +1,107 @@
+"""A training run in-process, from the same settings the command line builds: files, recipes, resumption."""
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+from helpers.config import run_dir, settings_for
+from helpers.models import as_release_0_1_0
+
+from project.lit_classifier_main import LitClassifier
+from project.recipes import DEFAULT, RECIPES
+from project.training.run import retest, train
+
+
+def test_fit_then_test_writes_the_run_files_and_a_retest_matches(flags, runs):
+    settings = settings_for(flags + ["--max_epochs", "3"])
+    metrics = train(settings)
+    folder = run_dir(runs)
+    for key in ("test_acc", "test_f1", "test_loss", "recall", "confusion_matrix", "checkpoint", "epochs_trained"):
+        assert key in metrics
+    assert json.loads((folder / "test_metrics.json").read_text()) == metrics
+    assert sum(map(sum, metrics["confusion_matrix"])) == metrics["test_images"] == 5
+    assert metrics["checkpoint"].split("/")[-1].startswith("best-")
+    assert (folder / "checkpoints" / "last.ckpt").is_file() and (folder / "metrics.csv").is_file()
+    assert json.loads((folder / "run_config.json").read_text()) == json.loads(json.dumps(settings.record()))
+    split = json.loads((folder / "split.json").read_text())
+    assert len(split["test"]) == 5 and len(split["val"]) == 5
+    assert sorted(p.name for p in (folder / "plots").iterdir()) == [
+        "age_distribution.png", "confusion_matrix.png", "test_predictions.png", "training_curves.png"]
+
+    again = retest(settings, metrics["checkpoint"], folder / "split.json", folder / "retest.json")
+    assert json.loads((folder / "retest.json").read_text()) == again
+    for key in ("test_acc", "test_loss", "confusion_matrix", "temperature"):
+        assert again[key] == metrics[key], key
+
+
+def test_cache_and_no_cache_give_the_same_metrics(flags, runs):
+    cached = train(settings_for(flags + ["--max_epochs", "2"]))
+    uncached = train(settings_for(flags + ["--max_epochs", "2", "--no_feature_cache"]))
+    assert cached["feature_cache"] and uncached["feature_cache"] is None
+    assert cached["test_acc"] == uncached["test_acc"]
+    assert cached["confusion_matrix"] == uncached["confusion_matrix"]
+    assert cached["test_loss"] == pytest.approx(uncached["test_loss"], abs=1e-4)
+
+
+def test_fast_dev_run(flags):
+    metrics = train(settings_for(flags + ["--fast_dev_run"]))
+    assert metrics["checkpoint"] == "(fast_dev_run: no checkpoint)" and metrics["test_images"] == 5
+
+
+def test_the_default_recipe_trains_three_heads_with_adamw_and_a_one_cycle_schedule(flags, runs, cache_dir):
+    train(settings_for(flags + ["--max_epochs", "2"]))
+    checkpoint = torch.load(run_dir(runs) / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["hyper_parameters"]["net"] == dataclasses.replace(
+        DEFAULT.net, input=dataclasses.replace(DEFAULT.net.input, image_size=32)).to_dict()
+    assert checkpoint["hyper_parameters"]["optimizer"] == DEFAULT.optimizer.to_dict()
+    restored = LitClassifier.load_from_checkpoint(run_dir(runs) / "checkpoints" / "last.ckpt")
+    assert len(restored.net.heads) == DEFAULT.net.ensemble_size > 1
+    assert checkpoint["lr_schedulers"][0]["total_steps"] == 2 * math.ceil(50 / 8)
+    caches = sorted(json.loads(p.read_text())["mirrored"] for p in (cache_dir / "features").glob("*.json"))
+    assert caches == [False, True]  # the faces and their mirror images
+
+
+def test_the_notebook_recipe_is_the_notebook(flags, runs):
+    train(settings_for(flags + ["--recipe", "notebook", "--max_epochs", "1", "--lr", "5e-4"]))
+    config = json.loads((run_dir(runs) / "run_config.json").read_text())
+    assert config["recipe"] == "notebook" and config["patience"] == 5 and config["lr"] == 5e-4
+    hparams = torch.load(run_dir(runs) / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]
+    assert (hparams["net"]["head"], hparams["net"]["target"], hparams["net"]["input"]["feature_layer"],
+            hparams["net"]["input"]["mirror"]) == ("notebook", "group", "block5", False)
+    assert hparams["optimizer"] == {"name": "adam", "lr": 5e-4, "weight_decay": 2e-3, "schedule": "constant"}
+
+
+def test_a_run_resumes_with_the_model_and_recipe_it_started_with(flags, runs, monkeypatch):
+    """A run interrupted under one head (say by an earlier release) continues with one head after the recipe
+    changed to three, and keeps its own recipe when --recipe is not given."""
+    monkeypatch.setitem(RECIPES, "default", dataclasses.replace(
+        DEFAULT, net=dataclasses.replace(DEFAULT.net, ensemble_size=1),
+        objective=dataclasses.replace(DEFAULT.objective, calibrate=False)))
+    train(settings_for(flags + ["--max_epochs", "2"]))
+    (run_dir(runs) / "test_metrics.json").unlink()
+    monkeypatch.setitem(RECIPES, "default", DEFAULT)
+    resumed = settings_for(flags + ["--max_epochs", "2", "--resume"])
+    assert resumed.recipe == "default" and resumed.net.ensemble_size == 1 and not resumed.objective.calibrate
+    assert train(resumed)["temperature"] == 1.0  # restores the one-head weights
+    hparams = torch.load(run_dir(runs) / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]
+    assert hparams["net"]["ensemble_size"] == 1 and not hparams["objective"]["calibrate"]
+    notebook_root = runs.parent / "notebook"
+    train(settings_for(flags + ["--recipe", "notebook", "--max_epochs", "1", "--default_root_dir", str(notebook_root)]))
+    again = settings_for(flags + ["--resume", "--default_root_dir", str(notebook_root)])
+    assert again.recipe == "notebook" and again.data.batch_size == 8 and again.trainer.patience == 5
+
+
+@pytest.mark.slow
+def test_a_run_of_release_0_1_0_resumes_to_the_same_end(flags, runs, tmp_path):
+    """The last.ckpt of a run started by 0.1.0 (today's layout, flattened back) resumes as if never stopped."""
+    reference = train(settings_for(flags + ["--recipe", "notebook", "--max_epochs", "2", "--default_root_dir",
+                                            str(tmp_path / "reference")]))
+    train(settings_for(flags + ["--recipe", "notebook", "--max_epochs", "1"]))
+    last = run_dir(runs) / "checkpoints" / "last.ckpt"
+    as_release_0_1_0(last, last)
+    (run_dir(runs) / "test_metrics.json").unlink()
+    resumed = train(settings_for(flags + ["--max_epochs", "2", "--resume"]))
+    for key in ("test_acc", "test_loss", "best_val_acc", "confusion_matrix", "epochs_trained"):
+        assert resumed[key] == reference[key], key
