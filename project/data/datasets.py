@@ -30,6 +30,7 @@ DECODED = "decoded"
 
 
 def check_view_mode(mode: str) -> str:
+    """``mode`` if it is one of :data:`VIEW_MODES` (else ``ValueError``)."""
     if mode not in VIEW_MODES:
         raise ValueError(f"unknown view mode {mode!r}; choose one of {', '.join(VIEW_MODES)}")
     return mode

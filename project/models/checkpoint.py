@@ -97,7 +97,8 @@ def read_checkpoint(path: Union[str, os.PathLike], map_location: MapLocation = "
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; pass a .ckpt written by training")
     try:
-        checkpoint = upgrade_checkpoint(torch.load(path, map_location=map_location, weights_only=True))
+        # mmap: only what is used is read (a training checkpoint also holds the optimizer's state)
+        checkpoint = upgrade_checkpoint(torch.load(path, map_location=map_location, weights_only=True, mmap=True))
         float(checkpoint[TEMPERATURE_KEY])
         return checkpoint
     except Exception as err:  # noqa: BLE001 - every failure is explained in one line

@@ -83,5 +83,6 @@ class CompactAgeHead(nn.Module):
         return self.classify(self.squeeze(features))
 
     def regularized_weights(self) -> Iterable[nn.Parameter]:
-        """Conv and linear kernels (weight decay is for these, not for biases or BatchNorm)."""
-        return [p for p in self.parameters() if p.dim() > 1]
+        """The 1x1 conv's and the two linear layers' kernels (weight decay is for these, not for biases or
+        BatchNorm)."""
+        return [self.squeeze[0].weight, self.classify[2].weight, self.classify[6].weight]

@@ -94,13 +94,15 @@ class LitClassifier(pl.LightningModule):
     # -- checkpoints -----------------------------------------------------------------------------------------
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Union[str, Path], map_location=None, strict: bool = True,
-                             **_lightning_options) -> "LitClassifier":
+                             weights_only: bool = True) -> "LitClassifier":
         """Rebuild a model from a checkpoint alone: no network, no weights file, and no code run from the file.
 
-        The file is read with ``weights_only=True`` (a checkpoint that would need to unpickle objects is refused);
-        anything wrong with it is a one-line :class:`~project.errors.UserError`. Checkpoints of release 0.1.0 load
-        too (``project.models.checkpoint``).
+        The file is read with ``weights_only=True`` (a checkpoint that would need to unpickle objects is refused;
+        there is no way around it); anything wrong with it is a one-line :class:`~project.errors.UserError`.
+        Checkpoints of release 0.1.0 load too (``project.models.checkpoint``).
         """
+        if not weights_only:
+            raise ValueError("checkpoints are only ever loaded with weights_only=True")
         checkpoint = read_checkpoint(checkpoint_path, map_location)
         saved = saved_settings(checkpoint["hyper_parameters"])
         model = cls(AgeNet(saved.net), saved.optimizer, saved.objective)
