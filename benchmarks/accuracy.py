@@ -6,8 +6,10 @@
 Each (recipe, seed) is a normal training run of ``project/lit_classifier_main.py --recipe R --seed S`` (so the numbers
 are exactly what a user gets); per recipe the table reports mean ± std over seeds of test accuracy, macro-F1,
 balanced accuracy, per-group recall, within-one-group accuracy, test loss, epochs, wall time and, for recipes that
-calibrate, the expected calibration error (15 bins) and the fitted temperature, plus the confusion matrix of the
-first seed; with several recipes, a per-seed comparison of each against the first follows.
+calibrate, the expected calibration error (15 bins) and the fitted temperature, for recipes that learn ages the
+errors in years (MAE, median absolute error, CS(5), mean signed error, MAE per group) and the interval's coverage and
+width, plus the confusion matrix of the first seed and the slice table (gender, ethnicity, age band; mean over
+seeds, worst accuracy first); with several recipes, a per-seed comparison of each against the first follows.
 Finished runs in ``--work_dir/RECIPE/seed_S`` are reused. Extra arguments after ``--`` go to every training command.
 """
 
@@ -48,7 +50,51 @@ def derived_metrics(run: Dict) -> Dict[str, float]:
     if "test_calibration_error" in run:  # runs from before calibration have neither
         metrics["calibration_error"] = run["test_calibration_error"]
         metrics["temperature"] = run["temperature"]
+    ages = run.get("ages")  # models with per-year outputs, from the release that reports ages on
+    if ages:
+        metrics.update({"MAE (years)": ages["mae"], "median absolute error (years)": ages["median_absolute_error"],
+                        "CS(5)": ages["cs5"], "mean signed error (years)": ages["mean_signed_error"]})
+        if "interval_coverage" in ages:
+            metrics[f"interval coverage ({ages['level']:.0%})"] = ages["interval_coverage"]
+            metrics["interval width (years)"] = ages["interval_width"]
+        metrics.update({f"MAE {label} (years)": value for label, value in ages["mae_by_group"].items()
+                        if value is not None})
     return metrics
+
+
+#: Metrics shown as percentages (the rest as plain numbers).
+PERCENT = ("accuracy", "macro_f1", "balanced_accuracy", "within_one_group", "recall", "calibration_error", "CS(5)",
+           "interval coverage")
+
+
+def slice_table(runs: List[Dict]) -> str:
+    """The slices of every seed, averaged (count: per seed), worst accuracy first."""
+    by_slice: Dict = {}
+    for run in runs:
+        for row in run.get("slices") or []:
+            by_slice.setdefault((row["slice"], row["value"]), []).append(row)
+    if not by_slice:
+        return ""
+
+    def mean(rows, key):
+        values = [row[key] for row in rows if row.get(key) is not None]
+        return statistics.mean(values) if values else None
+
+    def cell(value, style):
+        if value is None:
+            return "-"
+        return {"percent": f"{100 * value:.1f} %", "years": f"{value:.1f}", "signed": f"{value:+.1f}"}[style]
+
+    rows = sorted(by_slice.items(), key=lambda entry: mean(entry[1], "accuracy"))
+    lines = [f"Slices, mean of {len(runs)} seeds, worst accuracy first:", "",
+             "| slice | faces per seed | accuracy | balanced acc. | MAE (years) | mean signed error (years) | "
+             "interval coverage |", "|---|---|---|---|---|---|---|"]
+    for (name, value), entries in rows:
+        lines.append(f"| {name}: {value} | {mean(entries, 'count'):.0f} | {cell(mean(entries, 'accuracy'), 'percent')} "
+                     f"| {cell(mean(entries, 'balanced_accuracy'), 'percent')} | {cell(mean(entries, 'mae'), 'years')} "
+                     f"| {cell(mean(entries, 'mean_signed_error'), 'signed')} "
+                     f"| {cell(mean(entries, 'interval_coverage'), 'percent')} |")
+    return "\n".join(lines) + "\n"
 
 
 def run_seed(recipe: str, seed: int, args, passthrough: List[str]) -> Dict:
@@ -73,7 +119,7 @@ def markdown(name: str, runs: List[Dict], seeds: List[int]) -> str:
     for key in [key for key in per_seed[0] if all(key in m for m in per_seed)]:
         values = [m[key] for m in per_seed]
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        percent = key not in ("test_loss", "epochs", "wall_time_min", "temperature")
+        percent = key.startswith(PERCENT)
         fmt = (lambda v: f"{100 * v:.1f} %") if percent else (lambda v: f"{v:.2f}")
         lines.append(f"| {key} | {fmt(statistics.mean(values))} ± {fmt(spread).replace(' %', '')} | "
                      f"{' / '.join(fmt(v) for v in values)} |")
@@ -81,7 +127,8 @@ def markdown(name: str, runs: List[Dict], seeds: List[int]) -> str:
               "| true \\ pred | " + " | ".join(GROUP_LABELS) + " |", "|---" * (len(GROUP_LABELS) + 1) + "|"]
     for label, row in zip(GROUP_LABELS, runs[0]["confusion_matrix"]):
         lines.append(f"| {label} | " + " | ".join(map(str, row)) + " |")
-    return "\n".join(lines) + "\n"
+    slices = slice_table(runs)
+    return "\n".join(lines) + "\n" + ("\n" + slices if slices else "")
 
 
 def comparison(names: List[str], results: Dict[str, List[Dict]], seeds: List[int]) -> str:

@@ -33,7 +33,7 @@ import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 from pytorch_lightning.callbacks import Callback  # noqa: E402
 
-from project.data.archives import resolve_data_dir  # noqa: E402
+from project.data.sources import resolve_data_dir  # noqa: E402
 from project.data.feature_cache import FeatureCacheBuilder  # noqa: E402
 from project.data.scan import scan_utkface  # noqa: E402
 from project.models.backbone import build_backbone  # noqa: E402

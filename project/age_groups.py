@@ -26,6 +26,19 @@ def age_to_group(age: int) -> Optional[int]:
     return age // GROUP_WIDTH
 
 
+#: Finer age bands for the per-slice error report: (lowest age, highest age or None for "and older").
+AGE_BANDS = ((0, 2), (3, 12), (13, 19), (20, 24), (25, 34), (35, 49), (50, 64), (65, 79), (80, None))
+AGE_BAND_LABELS = tuple(f"{low}-{high}" if high is not None else f"{low}+" for low, high in AGE_BANDS)
+
+
+def age_band(age: int) -> int:
+    """Index of the :data:`AGE_BANDS` band that ``age`` falls in."""
+    for index, (low, high) in enumerate(AGE_BANDS):
+        if age >= low and (high is None or age <= high):
+            return index
+    raise ValueError(f"age {age} is negative")
+
+
 #: One bin per year of age 0-124: the fine-grained output of heads trained on the exact ages.
 AGE_BINS = MAX_AGE + 1
 

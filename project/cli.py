@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from project.data.sources import KINDS
 from project.devices import ACCELERATORS, NO_GPU_MESSAGE, device_type_for
 from project.errors import (
     DEBUG_ENV,
@@ -66,7 +67,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter,
     )
     data = parser.add_argument_group("data")
-    data.add_argument("--data_dir", type=str, default=None, help="UTKFace folder or UTKFace.tar.gz")
+    data.add_argument("--data_dir", type=str, default=None,
+                      help="UTKFace folder, UTKFace.tar.gz, or a .csv/.tsv labels table (path,age[,gender,ethnicity])")
     data.add_argument("--image_size", type=int, default=None,
                       help=f"images are resized to this square size "
                            f"({_recipe_values(lambda r: r.net.input.image_size)})")
@@ -136,9 +138,9 @@ def check_paths(args: argparse.Namespace) -> None:
     if args.split_file and not Path(args.split_file).is_file():
         raise UserError(f"--split_file {args.split_file} does not exist")
     if args.data_dir is None:
-        raise UserError("no dataset given: pass --data_dir PATH (a UTKFace folder or UTKFace.tar.gz)")
+        raise UserError(f"no dataset given: pass --data_dir PATH ({KINDS})")
     if not Path(args.data_dir).expanduser().exists():
-        raise UserError(f"--data_dir {args.data_dir} does not exist; pass a UTKFace folder or UTKFace.tar.gz")
+        raise UserError(f"--data_dir {args.data_dir} does not exist; pass {KINDS}")
     weights = args.backbone_weights
     if weights not in ("imagenet", "none") and not Path(weights).expanduser().is_file():
         raise UserError(f"--backbone_weights {weights}: no such file (use imagenet, none or a path to a "

@@ -248,6 +248,44 @@ def plot_test_predictions(datamodule, model: TrainedNet, path: PathLike, max_gri
                                 [p.confidence for _, p in chosen], path)
 
 
+# ------------------------------------------------------------------------------------------- where it is wrong
+
+
+def plot_age_errors(by_age: Optional[Mapping[str, Mapping[str, float]]], slices: Sequence[Mapping],
+                    accuracy: Optional[float], path: PathLike) -> Path:
+    """Error by true age (MAE and mean signed error per year of age; models with ages only) and accuracy per
+    slice (gender, ethnicity, age band) against the overall accuracy."""
+    panels = 2 if by_age else 1
+    figure = _new_figure(7 * panels, 0.28 * len(slices) + 1.8)
+    axes = np.atleast_1d(figure.subplots(1, panels))
+    if by_age:
+        ages = sorted(int(age) for age in by_age)
+        error = axes[0]
+        error.plot(ages, [by_age[str(a)]["mae"] for a in ages], color="#4C72B0", label="mean absolute error")
+        error.plot(ages, [by_age[str(a)]["mean_signed_error"] for a in ages], color="#DD8452",
+                   label="mean signed error (+ = predicted too old)")
+        error.axhline(0, color="black", linewidth=0.8)
+        for boundary in GROUP_BOUNDARIES:
+            error.axvline(boundary - 0.5, color="grey", linestyle=":", linewidth=1)
+        error.set(xlabel="true age (years)", ylabel="years", title="Error by true age (test faces)",
+                  xlim=(-1, MAX_AGE + 1))
+        error.grid(alpha=0.3)
+        error.legend(fontsize=8)
+    bars = axes[-1]
+    labels = [f"{row['slice']}: {row['value']} (n={row['count']})" for row in slices]
+    positions = np.arange(len(slices))
+    colours = {"gender": "#4C72B0", "ethnicity": "#55A868", "age band": "#DD8452"}
+    bars.barh(positions, [row["accuracy"] for row in slices], color=[colours.get(row["slice"]) for row in slices])
+    if accuracy is not None:
+        bars.axvline(accuracy, color="black", linestyle="--", linewidth=1, label=f"overall {accuracy:.3f}")
+        bars.legend(fontsize=8, loc="lower right")
+    bars.set(yticks=positions, yticklabels=labels, xlim=(0, 1), xlabel="accuracy (age group)",
+             title="Accuracy per slice")
+    bars.tick_params(axis="y", labelsize=8)
+    bars.invert_yaxis()
+    return _save(figure, path)
+
+
 # ---------------------------------------------------------------------------------------------- whole run
 
 
@@ -264,13 +302,16 @@ def write_run_plots(run_dir: PathLike, datamodule, model: TrainedNet, test_metri
     run_dir = Path(run_dir)
     out = run_dir / "plots"
     metrics_csv = run_dir / "metrics.csv"
-    confusion = (test_metrics or {}).get("confusion_matrix")
+    metrics = test_metrics or {}
+    confusion = metrics.get("confusion_matrix")
     steps: Dict[str, Callable[[Path], Path]] = {
         "age_distribution.png": lambda p: plot_age_distribution(
             [item.age for item in datamodule.scan.items], datamodule.class_counts(), p),
         "training_curves.png": (lambda p: plot_training_curves(metrics_csv, p)) if metrics_csv.is_file() else None,
         "confusion_matrix.png": (lambda p: plot_confusion_matrix(confusion, p)) if confusion else None,
         "test_predictions.png": lambda p: plot_test_predictions(datamodule, model, p, max_grid),
+        "age_errors.png": (lambda p: plot_age_errors((metrics.get("ages") or {}).get("by_age"), metrics["slices"],
+                                                     metrics.get("test_acc"), p)) if metrics.get("slices") else None,
     }
     written = []
     for name, make in steps.items():

@@ -53,14 +53,19 @@ def flags(utkface_dir: Path, cache_dir: Path, runs: Path) -> List[str]:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
     """The run folder of a one-epoch default-recipe fit on 60 synthetic 40 px images (32 px model, random
-    backbone), trained once per test session and shared read-only by the prediction and plot tests."""
+    backbone), trained once per test session and shared read-only by the prediction and plot tests. Its 5
+    validation images are allowed to fit the calibrations (normally 100 are needed), so it predicts ages with
+    intervals."""
     from helpers.config import run_dir, settings_for
 
+    from project import calibration
     from project.training.run import train
 
     root = tmp_path_factory.mktemp("trained")
     write_synthetic_utkface(root / "UTKFace")
-    train(settings_for(fast_flags(root / "UTKFace", root / "cache", root / "runs", "--max_epochs", "1")))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(calibration, "MIN_CALIBRATION_ITEMS", 1)
+        train(settings_for(fast_flags(root / "UTKFace", root / "cache", root / "runs", "--max_epochs", "1")))
     return run_dir(root / "runs")
 
 

@@ -8,7 +8,14 @@ from helpers.config import run_dir, settings_for
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 from project import calibration
-from project.calibration import fit_temperature
+from project.calibration import (
+    AgeCalibration,
+    fit_age_calibration,
+    fit_temperature,
+    point_estimate,
+    uncalibrated_ages,
+    year_quantiles,
+)
 from project.lit_classifier_main import LitClassifier
 from project.training.run import train
 
@@ -54,3 +61,44 @@ def test_a_fit_stores_the_validation_temperature_in_its_checkpoints(flags, runs,
     assert json.loads((run_dir(runs) / "test_metrics.json").read_text())["temperature"] == metrics["temperature"]
     assert 0.0 <= metrics["test_calibration_error"] <= 1.0
     assert LitClassifier.load_from_checkpoint(metrics["checkpoint"]).temperature == pytest.approx(best["temperature"])
+
+
+def _age_distributions(count: int, spread: float, noise: float, seed: int = 0):
+    """True ages, and per-year distributions centred ``noise``-far (s.d.) from them with s.d. ``spread``."""
+    generator = torch.Generator().manual_seed(seed)
+    ages = torch.randint(0, 100, (count,), generator=generator).double()
+    centres = ages + noise * torch.randn(count, generator=generator, dtype=torch.float64)
+    years = torch.arange(125, dtype=torch.float64)
+    probs = torch.exp(-0.5 * ((years[None] - centres[:, None]) / spread) ** 2)
+    return probs / probs.sum(dim=1, keepdim=True), ages
+
+
+def test_quantiles_spread_each_year_over_its_bin():
+    probs = torch.zeros(2, 125)
+    probs[0, 30] = 1.0
+    probs[1, 10] = probs[1, 20] = 0.5
+    quantiles = year_quantiles(probs, [0.1, 0.5, 0.9]).flatten().tolist()
+    assert quantiles == pytest.approx([29.6, 30.0, 30.4, 9.7, 10.5, 20.3])
+    assert point_estimate(probs, "mean").tolist() == [30.0, 15.0]
+    assert point_estimate(probs, "median").tolist() == pytest.approx([30.0, 10.5])
+
+
+@pytest.mark.parametrize("spread, noise", [(5.0, 7.0), (8.0, 4.0)], ids=["too sure", "too unsure"])
+def test_calibrated_intervals_hold_the_true_age_as_often_as_they_claim(spread, noise):
+    probs, ages = _age_distributions(6000, spread, noise)
+    calibration = fit_age_calibration(probs[:3000], ages[:3000], level=0.8)
+    assert (calibration.scale > 0) == (spread < noise * 1.0)  # widened when too sure, narrowed when too unsure
+    estimate = calibration.estimate(probs[3000:])
+    covered = ((estimate.low <= ages[3000:]) & (ages[3000:] <= estimate.high)).double().mean().item()
+    assert covered == pytest.approx(0.8, abs=0.025)
+    assert (estimate.low <= estimate.age).all() and (estimate.age <= estimate.high).all()
+
+
+def test_the_point_estimate_with_the_lower_validation_error_is_kept():
+    probs = torch.zeros(200, 125)
+    probs[:, 20], probs[:, 60] = 0.6, 0.4  # median 20.3, mean 36
+    assert fit_age_calibration(probs, torch.full((200,), 21.0)).point == "median"
+    assert fit_age_calibration(probs, torch.full((200,), 35.0)).point == "mean"
+    assert fit_age_calibration(probs[:50], torch.full((50,), 35.0)) == uncalibrated_ages()  # too few: no interval
+    assert uncalibrated_ages().estimate(probs[:2]).low is None
+    assert AgeCalibration.from_dict(uncalibrated_ages().to_dict()) == uncalibrated_ages()

@@ -129,6 +129,8 @@ def make_folder_without_utkface_names(tmp_path):
 def make_too_few(tmp_path):
     folder = tmp_path / "few"
     write_synthetic_utkface(folder, per_group=1)
+    for path in sorted(folder.iterdir())[3:]:
+        path.unlink()
     return folder
 
 

@@ -6,7 +6,8 @@ import tarfile
 import pytest
 from helpers.synthetic import pack_like_the_official_archive, write_synthetic_utkface
 
-from project.data.archives import extraction_target, resolve_data_dir
+from project.data.archives import extraction_target
+from project.data.sources import resolve_data_dir
 from project.data.scan import scan_utkface
 from project.errors import UserError
 

@@ -7,24 +7,25 @@ import numpy as np
 import pytest
 from helpers.synthetic import face_name, make_face_image
 
-from project.data.scan import check_image_file, parse_age, scan_utkface
+from project.data.scan import check_image_file, parse_name, scan_utkface
 
 
 @pytest.mark.parametrize(
-    "name, age",
+    "name, fields",
     [
-        ("25_0_1_20170116174525125.jpg.chip.jpg", 25),
-        ("39_1_20170116174525125.jpg.chip.jpg", 39),  # the real files without a race field
-        (" 61_1_20170109142408075.jpg.chip.jpg", 61),  # stray leading space
-        ("7 _0_2_20170109142408075.jpg.chip.jpg", 7),  # stray space inside the age field
-        ("116_1_0_20170120134921760.jpg.chip.jpg", 116),
+        ("25_0_1_20170116174525125.jpg.chip.jpg", (25, 0, 1)),
+        ("39_1_20170116174525125.jpg.chip.jpg", (39, 1, None)),  # the real files without a race field
+        (" 61_1_20170109142408075.jpg.chip.jpg", (61, 1, None)),  # stray leading space
+        ("7 _0_2_20170109142408075.jpg.chip.jpg", (7, 0, 2)),  # stray space inside the age field
+        ("116_1_0_20170120134921760.jpg.chip.jpg", (116, 1, 0)),
+        ("40_3_9_20170120134921760.jpg", (40, None, None)),  # codes that do not exist: unknown
         ("notes.txt", None),
         ("abc_1_0_2017.jpg", None),
         ("25.jpg", None),
     ],
 )
-def test_parse_age(name, age):
-    assert parse_age(name) == age
+def test_parse_name(name, fields):
+    assert parse_name(name) == fields
 
 
 def test_scan_skips_and_reports_what_cannot_be_used(tmp_path, utkface_dir):
@@ -64,10 +65,11 @@ def test_scan_skips_and_reports_what_cannot_be_used(tmp_path, utkface_dir):
     assert "\n" not in summary
 
 
-def test_items_carry_their_age_and_group(utkface_dir):
+def test_items_carry_their_age_group_gender_and_ethnicity(utkface_dir):
     items = scan_utkface(utkface_dir).items
     assert [item.relpath for item in items] == sorted(item.relpath for item in items)
     assert all(item.group == item.age // 25 for item in items)
+    assert {item.gender for item in items} == {0, 1} and {item.ethnicity for item in items} == {0}
 
 
 def test_png_and_other_formats_pass_the_cheap_check(tmp_path):

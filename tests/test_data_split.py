@@ -52,3 +52,17 @@ def test_a_split_of_other_images_is_a_one_line_error(tmp_path):
     (tmp_path / "broken.json").write_text("{")
     with pytest.raises(UserError, match="cannot read split file"):
         load_split(tmp_path / "broken.json", items, np.arange(len(items)), tmp_path)
+
+
+@pytest.mark.parametrize("groups", [[1, 1, 1, 1], [0, 1, 2, 3], [1] * 9 + [3] * 14])
+def test_small_sets_still_get_a_validation_and_a_test_image(groups):
+    items = [FaceItem(f"{i:03d}.jpg", age=25 * g + 1, group=g) for i, g in enumerate(groups)]
+    split = new_split(items, np.arange(len(items)), seed=0)
+    assert all(len(split.indices[name]) >= 1 for name in ("val", "test")) and len(split.indices["train"]) >= 2
+    assert sorted(np.concatenate(list(split.indices.values())).tolist()) == list(range(len(items)))
+
+
+def test_fewer_than_four_images_cannot_be_split():
+    items = [FaceItem(f"{i}.jpg", age=30, group=1) for i in range(3)]
+    with pytest.raises(UserError, match="too few images to split: 3 usable; at least 4 are needed"):
+        new_split(items, np.arange(3), seed=0)

@@ -38,6 +38,7 @@ def test_image_batches_and_the_split_file(utkface_archive, cache_dir, tmp_path):
     assert dm.class_counts()["test"] == [1, 1, 1, 1, 1]
     batch = next(iter(dm.train_dataloader()))
     assert batch["images"].shape == (4, 1, 3, 32, 32) and batch["group"].dtype == torch.long
+    assert set(batch) == {"images", "group", "age", "gender", "ethnicity"}
     assert all(age // 25 == group for age, group in zip(batch["age"].tolist(), batch["group"].tolist()))
     saved = json.loads(dm.save_split(tmp_path / "split.json").read_text())
     assert saved["seed"] == 7 and len(saved["test"]) == 5
@@ -88,7 +89,9 @@ def test_datamodule_errors_are_one_line(tmp_path, cache_dir):
         UTKFaceDataModule(data_settings(empty, cache_dir), PLAIN).setup("fit")
     few = tmp_path / "few"
     write_synthetic_utkface(few, per_group=1)
-    with pytest.raises(UserError, match="too few images"):
+    for path in sorted(few.iterdir())[3:]:
+        path.unlink()
+    with pytest.raises(UserError, match="too few images to split: 3 usable"):
         UTKFaceDataModule(data_settings(few, cache_dir), PLAIN).setup("fit")
 
 

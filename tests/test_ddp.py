@@ -37,6 +37,10 @@ def test_two_process_ddp_fit_matches_single_process_test(flags, runs, tmp_path, 
     assert single["test_loss"] == pytest.approx(ddp["test_loss"], abs=1e-6)
     # the temperature travels in the checkpoint (1.0 here: 5 validation images are too few to fit one)
     assert single["temperature"] == ddp["temperature"] == 1.0
+    # the per-face records of both processes are gathered: the same errors in years and slices
+    assert single["ages"]["mae"] == pytest.approx(ddp["ages"]["mae"], abs=1e-5)
+    assert [(r["slice"], r["value"], r["count"], r["accuracy"]) for r in single["slices"]] == [
+        (r["slice"], r["value"], r["count"], r["accuracy"]) for r in ddp["slices"]]
 
     # The caches the two processes built (one wrote each, the other waited) equal single-process builds: the
     # default recipe's two, of the faces and of their mirror images.

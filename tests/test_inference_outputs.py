@@ -16,7 +16,8 @@ from project.inference.writers import CSV_COLUMNS, format_table, write_output
 
 PROBABILITIES = dict(zip(GROUP_LABELS, [0.1, 0.6, 0.2, 0.05, 0.05]))
 PREDICTIONS = [
-    Prediction("a.jpg", "25-49", 1, 0.6, PROBABILITIES, face_box=(10, 20, 30, 40)),
+    Prediction("a.jpg", "25-49", 1, 0.6, PROBABILITIES, face_box=(10, 20, 30, 40), age=31.26,
+               age_interval=(24.4, 39.0)),
     Prediction("b.jpg", error="no face detected"),
 ]
 
@@ -29,18 +30,24 @@ def test_outputs_hold_every_row_and_are_written_whole(tmp_path, suffix):
     if suffix == ".json":
         records = json.loads(path.read_text())
         assert records[0]["face_box"] == [10, 20, 30, 40] and records[1]["error"] == "no face detected"
+        assert records[0]["age"] == 31.26 and records[0]["age_interval"] == [24.4, 39.0]
+        assert records[1]["age"] is None and records[1]["age_interval"] is None
         return
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == CSV_COLUMNS
     assert (rows[0]["face_x"], rows[0]["p_25-49"], rows[0]["error"]) == ("10", "0.6", "")
+    assert (rows[0]["age"], rows[0]["age_low"], rows[0]["age_high"]) == ("31.3", "24.4", "39.0")
     assert rows[1]["group"] == "" and rows[1]["error"] == "no face detected"
 
 
 def test_the_table_has_a_row_per_prediction():
     lines = format_table(PREDICTIONS).splitlines()
-    assert lines[0].split() == ["file", "face", "(x,y,w,h)", "group", *GROUP_LABELS]
-    assert lines[2].split()[:3] == ["a.jpg", "10,20,30,40", "25-49"] and lines[3].endswith("error: no face detected")
+    assert lines[0].split() == ["file", "face", "(x,y,w,h)", "group", "age", "(interval)", *GROUP_LABELS]
+    assert lines[2].split()[:5] == ["a.jpg", "10,20,30,40", "25-49", "31", "y"] and "(24-39)" in lines[2]
+    assert lines[3].endswith("error: no face detected")
+    groups_only = format_table([Prediction("c.jpg", "0-24", 0, 0.9, PROBABILITIES)]).splitlines()
+    assert groups_only[0].split() == ["file", "group", *GROUP_LABELS]  # no age column for models without ages
 
 
 def test_an_annotated_copy_keeps_the_size_and_draws_on_the_face(tmp_path):

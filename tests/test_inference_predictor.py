@@ -25,13 +25,29 @@ def assert_valid(prediction):
     assert prediction.confidence == pytest.approx(max(probabilities))
 
 
-def test_predictions_are_the_trained_models_calibrated_probabilities(predictor, checkpoint, photo_dir):
+def test_predictions_are_the_trained_models_calibrated_probabilities_and_ages(predictor, checkpoint, photo_dir):
     model = LitClassifier.load_from_checkpoint(checkpoint).eval()
     image = Image.open(photo_dir / "rgb.png").convert("RGB")
+    batch = build_transform(32)(image).unsqueeze(0)
     with torch.no_grad():
-        expected = model.predict_step(build_transform(32)(image).unsqueeze(0), 0)[0]
+        expected = model.predict_step(batch, 0)[0]
+        _, years = model.net.predict(batch)
+    ages = model.age_calibration.estimate(years)
     [prediction] = predictor.predict(image)
     assert [prediction.probabilities[label] for label in GROUP_LABELS] == pytest.approx(expected.tolist(), abs=1e-6)
+    assert prediction.age == pytest.approx(ages.age.item())
+    assert prediction.age_interval == pytest.approx((ages.low.item(), ages.high.item()))
+    assert prediction.age_interval[0] <= prediction.age <= prediction.age_interval[1]
+
+
+def test_a_model_without_per_year_outputs_gives_no_age(tmp_path, photo_dir):
+    from helpers.models import tiny_model
+    from project.models.checkpoint import TrainedNet
+    from project.recipes import NOTEBOOK
+
+    model = tiny_model(NOTEBOOK).eval()
+    [prediction] = AgeGroupPredictor(TrainedNet(model.net, 1.0, None)).predict(photo_dir / "rgb.png")
+    assert prediction.ok and prediction.age is None and prediction.age_interval is None
 
 
 def test_every_file_format_and_mode_is_predicted(predictor, photo_dir):

@@ -15,7 +15,8 @@ from helpers.paths import REPO
 from helpers.synthetic import pack_like_the_official_archive, write_synthetic_utkface
 
 from project.cli import main
-from project.data.archives import extraction_target, resolve_data_dir
+from project.data.archives import extraction_target
+from project.data.sources import resolve_data_dir
 from project.data.feature_cache import FeatureCacheBuilder
 from project.data.scan import scan_utkface
 from project.models.backbone import build_backbone
@@ -108,7 +109,7 @@ def test_sigkill_during_archive_extraction_is_redone(tmp_path):
     process = start(f"""
         import tarfile, time
         from pathlib import Path
-        from project.data.archives import resolve_data_dir
+        from project.data.sources import resolve_data_dir
         extract = tarfile.TarFile.extract
         def slow_extract(self, *args, **kwargs):
             time.sleep(0.05)

@@ -14,6 +14,7 @@ from project.models.checkpoint import load_trained_net
 from project.plots import (
     choose_examples,
     plot_age_distribution,
+    plot_age_errors,
     plot_confusion_matrix,
     plot_prediction_grid,
     plot_training_curves,
@@ -51,7 +52,7 @@ def test_write_run_plots_writes_all_four(finished_run, tmp_path):
     (run_dir / "metrics.csv").write_bytes((trained_run / "metrics.csv").read_bytes())
     paths = write_run_plots(run_dir, datamodule, model, test_metrics)
     assert [p.name for p in paths] == ["age_distribution.png", "training_curves.png", "confusion_matrix.png",
-                                       "test_predictions.png"]
+                                       "test_predictions.png", "age_errors.png"]
     for path in paths:
         assert path.parent == run_dir / "plots"
         assert_png(path)
@@ -61,7 +62,7 @@ def test_write_run_plots_skips_what_is_missing(finished_run, tmp_path, caplog):
     _, datamodule, model, _ = finished_run
     paths = write_run_plots(tmp_path, datamodule, model, test_metrics=None, max_grid=4)  # no metrics.csv
     assert [p.name for p in paths] == ["age_distribution.png", "test_predictions.png"]
-    assert "training_curves.png" in caplog.text and "confusion_matrix.png" in caplog.text
+    assert all(name in caplog.text for name in ("training_curves.png", "confusion_matrix.png", "age_errors.png"))
 
 
 def test_age_distribution(tmp_path):
@@ -109,3 +110,15 @@ def test_examples_mix_mistakes_and_right_ones():
     assert chosen == [1, 4, 0, 2]  # half mistakes (first ones), half right ones
     assert sorted(choose_examples([True, False, False, False], 3)) == [0, 1, 2]  # few right: more mistakes
     assert choose_examples([True] * 3, 16) == [0, 1, 2]
+
+
+SLICES = [{"slice": "gender", "value": "male", "count": 40, "accuracy": 0.8},
+          {"slice": "ethnicity", "value": "unknown", "count": 3, "accuracy": 0.33},
+          {"slice": "age band", "value": "80+", "count": 9, "accuracy": 0.55}]
+
+
+def test_age_errors_with_and_without_ages(tmp_path):
+    by_age = {str(age): {"count": 3, "mae": abs(age - 40) / 10, "mean_signed_error": (40 - age) / 10}
+              for age in range(1, 100, 3)}
+    assert_png(plot_age_errors(by_age, SLICES, 0.78, tmp_path / "with_ages.png"))
+    assert_png(plot_age_errors(None, SLICES, None, tmp_path / "groups_only.png"))  # the notebook recipe

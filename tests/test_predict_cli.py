@@ -35,7 +35,7 @@ def test_cli_outputs_agree_with_the_api(predictor, checkpoint, photo_dir, tmp_pa
                               tmp_path / "out.csv", "--annotate", annotated, "--device", "cpu"], capsys)
     assert code == 0
     assert "corrupt.jpg: not a readable image" in err and "notes.txt" in err
-    assert out.splitlines()[0].split() == ["file", "group", *GROUP_LABELS]
+    assert out.splitlines()[0].split() == ["file", "group", "age", "(interval)", *GROUP_LABELS]
 
     with open(tmp_path / "out.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -50,6 +50,7 @@ def test_cli_outputs_agree_with_the_api(predictor, checkpoint, photo_dir, tmp_pa
         probabilities = [float(row[f"p_{label}"]) for label in GROUP_LABELS]
         assert sum(probabilities) == pytest.approx(1.0, abs=1e-5) and row["error"] == ""
         assert row["group"] == api[name].group
+        assert float(row["age"]) == pytest.approx(api[name].age, abs=0.05) and row["age_low"] and row["age_high"]
         assert probabilities == pytest.approx([api[name].probabilities[label] for label in GROUP_LABELS], abs=1e-6)
         with Image.open(annotated / name) as copy, Image.open(photo_dir / name) as original:
             expected = original.size[::-1] if name == "exif_rotated.jpg" else original.size  # the upright size
@@ -60,8 +61,11 @@ def test_cli_outputs_agree_with_the_api(predictor, checkpoint, photo_dir, tmp_pa
     records = json.loads((tmp_path / "out.json").read_text())
     assert code == 0 and len(records) == len(IMAGE_MODES) + 1
     for record in records:
-        assert set(record) == {"source", "group", "group_index", "confidence", "probabilities", "face_box", "error"}
+        assert set(record) == {"source", "group", "group_index", "confidence", "probabilities", "face_box", "error",
+                               "age", "age_interval"}
         if record["error"] is None:
+            assert record["age"] == pytest.approx(api[Path(record["source"]).name].age)
+            assert record["age_interval"][0] <= record["age"] <= record["age_interval"][1]
             assert sum(record["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
             assert record["probabilities"] == pytest.approx(api[Path(record["source"]).name].probabilities, abs=1e-6)
 

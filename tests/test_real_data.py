@@ -14,7 +14,7 @@ from helpers.paths import REAL_ARCHIVE, REAL_WEIGHTS
 from helpers.run_if import real_data
 
 from project.cli import main
-from project.data.archives import resolve_data_dir
+from project.data.sources import resolve_data_dir
 from project.data.scan import scan_utkface
 
 pytestmark = [pytest.mark.real_data, real_data]

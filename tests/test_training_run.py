@@ -1,14 +1,17 @@
 """A training run in-process, from the same settings the command line builds: files, recipes, resumption."""
 
+import csv
 import dataclasses
 import json
 import math
 
 import pytest
 import torch
-from helpers.config import run_dir, settings_for
+from helpers.config import fast_flags, run_dir, settings_for
 from helpers.models import as_release_0_1_0
+from helpers.synthetic import write_synthetic_utkface
 
+from project import calibration
 from project.lit_classifier_main import LitClassifier
 from project.recipes import DEFAULT, RECIPES
 from project.training.run import retest, train
@@ -28,11 +31,17 @@ def test_fit_then_test_writes_the_run_files_and_a_retest_matches(flags, runs):
     split = json.loads((folder / "split.json").read_text())
     assert len(split["test"]) == 5 and len(split["val"]) == 5
     assert sorted(p.name for p in (folder / "plots").iterdir()) == [
-        "age_distribution.png", "confusion_matrix.png", "test_predictions.png", "training_curves.png"]
+        "age_distribution.png", "age_errors.png", "confusion_matrix.png", "test_predictions.png",
+        "training_curves.png"]
+    assert metrics["ages"]["point"] in ("median", "mean")
+    assert metrics["test_mae"] == pytest.approx(metrics["ages"]["mae"])
+    with open(folder / "slices.csv", newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == len(metrics["slices"]) > 0
 
     again = retest(settings, metrics["checkpoint"], folder / "split.json", folder / "retest.json")
     assert json.loads((folder / "retest.json").read_text()) == again
-    for key in ("test_acc", "test_loss", "confusion_matrix", "temperature"):
+    assert (folder / "retest.slices.csv").read_text() == (folder / "slices.csv").read_text()
+    for key in ("test_acc", "test_loss", "confusion_matrix", "temperature", "ages", "slices"):
         assert again[key] == metrics[key], key
 
 
@@ -64,7 +73,9 @@ def test_the_default_recipe_trains_three_heads_with_adamw_and_a_one_cycle_schedu
 
 
 def test_the_notebook_recipe_is_the_notebook(flags, runs):
-    train(settings_for(flags + ["--recipe", "notebook", "--max_epochs", "1", "--lr", "5e-4"]))
+    metrics = train(settings_for(flags + ["--recipe", "notebook", "--max_epochs", "1", "--lr", "5e-4"]))
+    assert metrics["ages"] is None and "test_mae" not in metrics  # no per-year outputs: no ages, never made up
+    assert metrics["slices"][0]["accuracy"] is not None and metrics["slices"][0]["mae"] is None
     config = json.loads((run_dir(runs) / "run_config.json").read_text())
     assert config["recipe"] == "notebook" and config["patience"] == 5 and config["lr"] == 5e-4
     hparams = torch.load(run_dir(runs) / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]
@@ -105,3 +116,35 @@ def test_a_run_of_release_0_1_0_resumes_to_the_same_end(flags, runs, tmp_path):
     resumed = train(settings_for(flags + ["--max_epochs", "2", "--resume"]))
     for key in ("test_acc", "test_loss", "best_val_acc", "confusion_matrix", "epochs_trained"):
         assert resumed[key] == reference[key], key
+
+
+def test_a_fit_calibrates_ages_on_validation_and_reports_them_per_slice(flags, runs, monkeypatch):
+    monkeypatch.setattr(calibration, "MIN_CALIBRATION_ITEMS", 1)  # the synthetic set has 5 validation images
+    metrics = train(settings_for(flags + ["--max_epochs", "2"]))
+    saved = torch.load(metrics["checkpoint"], weights_only=True)["age_calibration"]
+    assert saved["level"] == 0.8 and saved["point"] in ("median", "mean") and saved["scale"] is not None
+    ages = metrics["ages"]
+    assert {"mae", "median_absolute_error", "cs5", "interval_coverage", "interval_width", "mae_by_group",
+            "by_age"} <= set(ages) and metrics["test_interval_coverage"] == pytest.approx(ages["interval_coverage"])
+    slices = {(row["slice"], row["value"]): row for row in metrics["slices"]}
+    assert slices[("gender", "male")]["count"] + slices[("gender", "female")]["count"] == metrics["test_images"]
+    assert sum(row["count"] for row in metrics["slices"] if row["slice"] == "age band") == metrics["test_images"]
+
+
+def test_your_own_faces_from_a_labels_table(tmp_path, cache_dir, runs):
+    """A CSV of images with any names, ages and optional gender/ethnicity trains end to end."""
+    paths = write_synthetic_utkface(tmp_path / "my_faces" / "photos")
+    rows = ["path,age,gender,ethnicity"]
+    for index, path in enumerate(paths):
+        renamed = path.with_name(f"person_{index:03d}.jpg")
+        path.rename(renamed)
+        age = path.name.split("_")[0]
+        rows.append(f"photos/{renamed.name},{age},{'female' if index % 2 else 'male'},{'Asian' if index % 3 else ''}")
+    table = tmp_path / "my_faces" / "labels.csv"
+    table.write_text("\n".join(rows) + "\n")
+    metrics = train(settings_for(fast_flags(table, cache_dir, runs, "--max_epochs", "1")))
+    assert metrics["test_images"] == 5
+    split = json.loads((run_dir(runs) / "split.json").read_text())
+    assert all(name.startswith("photos/person_") for name in split["test"])
+    ethnicities = {row["value"]: row["count"] for row in metrics["slices"] if row["slice"] == "ethnicity"}
+    assert set(ethnicities) <= {"Asian", "unknown"} and sum(ethnicities.values()) == 5

@@ -1,4 +1,4 @@
-"""``--data_dir`` as a folder of images: a folder is used as it is, an archive is extracted once into the cache.
+"""Archives (``UTKFace.tar.gz``) extracted once into the cache.
 
 Never beside the archive: the user's data folder may be shared or read-only. The target folder's name holds the
 archive's content hash, so a replaced archive is extracted afresh while an unchanged one is extracted only once,
@@ -16,7 +16,6 @@ import shutil
 import tarfile
 import zlib
 from pathlib import Path
-from typing import Optional
 
 from filelock import FileLock
 
@@ -107,17 +106,3 @@ def _extract_members(archive: Path, folder: Path) -> None:
     if duplicates:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / ARCHIVE_DUPLICATES_FILE).write_text("".join(f"{name}\n" for name in duplicates))
-
-
-def resolve_data_dir(data_dir: Optional[os.PathLike], cache_dir: Path) -> Path:
-    """The folder of images for ``data_dir`` (a folder, or an archive that is extracted once into ``cache_dir``)."""
-    if data_dir is None or str(data_dir) == "":
-        raise UserError("no dataset given: pass --data_dir PATH (a UTKFace folder or UTKFace.tar.gz)")
-    path = Path(data_dir).expanduser()
-    if path.is_dir():
-        return path
-    if is_archive(path):
-        return extract_archive(path, extraction_target(path, cache_dir))
-    if path.exists():
-        raise UserError(f"--data_dir {path} is neither a folder nor a .tar.gz/.tgz/.tar archive")
-    raise UserError(f"--data_dir {path} does not exist; pass a UTKFace folder or UTKFace.tar.gz")

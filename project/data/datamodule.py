@@ -11,7 +11,6 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from project.data.archives import resolve_data_dir
 from project.data.datasets import (
     CachedFeatureDataset,
     ImageDataset,
@@ -20,7 +19,8 @@ from project.data.datasets import (
 )
 from project.data.feature_cache import FeatureCache, FeatureCacheBuilder
 from project.data.samplers import EpochShuffleSampler, evaluation_sampler
-from project.data.scan import UNDECODABLE_REASON, FaceItem, ScanResult, scan_utkface
+from project.data.scan import UNDECODABLE_REASON, FaceItem, ScanResult
+from project.data.sources import resolve_data_dir, scan_source
 from project.data.split import SPLITS, Split, load_split, new_split
 from project.errors import UserError
 from project.settings import DataSettings, InputSettings
@@ -61,20 +61,16 @@ class UTKFaceDataModule(pl.LightningDataModule):
 
     # -- lightning hooks -------------------------------------------------------------------------------------
     def prepare_data(self) -> None:
-        """Extract the archive (once per node, before the other processes look at it)."""
+        """Extract an archive (once per node, before the other processes look at it)."""
         resolve_data_dir(self.settings.data_dir, self.settings.cache_dir)
 
     def setup(self, stage: Optional[str] = None) -> None:
         """Scan, validate and split the images; build or open the feature caches if they are used."""
         if self.split is not None:
             return
-        self.root = resolve_data_dir(self.settings.data_dir, self.settings.cache_dir)
-        self.scan = scan_utkface(self.root)
-        if not self.scan.items:
-            self._report_skipped()
-            raise UserError(
-                f"no UTKFace images in {self.root}: expected files named like 25_0_1_20170116174525125.jpg.chip.jpg"
-            )
+        source = resolve_data_dir(self.settings.data_dir, self.settings.cache_dir)
+        self.scan = scan_source(source)
+        self.root = self.scan.root
         excluded = self._build_caches() if self.features is not None else set(
             find_undecodable(self.root, self.scan.items, self.settings.num_workers))
         for row in sorted(excluded):
@@ -86,11 +82,8 @@ class UTKFaceDataModule(pl.LightningDataModule):
         else:
             self.split = new_split(self.scan.items, usable, self.settings.seed)
         for name in SPLITS:
-            if len(self.split.indices[name]) == 0:
-                raise UserError(
-                    f"too few images to split: {len(usable)} usable in {self.root} leave the {name} split "
-                    f"empty; use at least 20 images"
-                )
+            if len(self.split.indices[name]) == 0:  # a split.json of other images, say
+                raise UserError(f"the {name} split of {self.settings.split_file} holds no usable image")
             self.datasets[name] = self._make_dataset(name)
 
     def _build_caches(self) -> set:

@@ -1,9 +1,10 @@
 """Datasets of decoded images and of cached backbone features, and the views (face / mirror image) they serve.
 
 Every item is a dict, and so is every batch: ``images`` (``V x 3 x S x S``) or ``features`` (``V x C x H x W``),
-``group`` and ``age``. ``V`` is the number of views of the face, an explicit dimension: 1 (the face, its mirror
-image, or one of the two drawn at random) or 2 (the face and its mirror image, averaged by the model). Nothing
-downstream guesses what a tensor holds from its shape.
+``group``, ``age``, and the ``gender`` and ``ethnicity`` codes of ``project.demographics`` (for the error report).
+``V`` is the number of views of the face, an explicit dimension: 1 (the face, its mirror image, or one of the two
+drawn at random) or 2 (the face and its mirror image, averaged by the model). Nothing downstream guesses what a
+tensor holds from its shape.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from project.data.scan import FaceItem
+from project.demographics import UNKNOWN_ETHNICITY, UNKNOWN_GENDER, code_or_unknown
 from project.errors import UserError
 from project.progress import progress_interval
 from project.transforms import build_transform, load_rgb_image, mirror
@@ -27,6 +29,16 @@ VIEW_MODES = ("original", "mirrored", "random", "both")
 CACHED_VIEWS = ("original", "mirrored")
 #: With ``on_error="flag"`` every item carries this key: False when its pixel data could not be decoded.
 DECODED = "decoded"
+
+
+#: What every item says about its face besides the pixels.
+LABEL_KEYS = ("group", "age", "gender", "ethnicity")
+
+
+def labels(item: FaceItem) -> Dict[str, int]:
+    """An item's :data:`LABEL_KEYS` (unknown gender or ethnicity as the code for unknown)."""
+    return {"group": item.group, "age": item.age, "gender": code_or_unknown(item.gender, UNKNOWN_GENDER),
+            "ethnicity": code_or_unknown(item.ethnicity, UNKNOWN_ETHNICITY)}
 
 
 def check_view_mode(mode: str) -> str:
@@ -49,7 +61,7 @@ def _draw_mirror() -> bool:
 
 
 class ImageDataset(Dataset):
-    """Decoded, preprocessed images: ``{"images": V x 3 x S x S, "group", "age"}`` for the given items.
+    """Decoded, preprocessed images: ``{"images": V x 3 x S x S, "group", "age", ...}`` for the given items.
 
     A file that passed the scan's cheap check but cannot be decoded raises a one-line :class:`UserError`; with
     ``on_error="flag"`` (the feature-cache build and the decode check, which decode every image once up front) it
@@ -81,8 +93,8 @@ class ImageDataset(Dataset):
                 raise UserError(f"cannot decode {path} ({type(err).__name__}: {reason}); delete or replace it"
                                 ) from None
             blank = torch.zeros(views_per_item(self.views), 3, self.image_size, self.image_size)
-            return {"images": blank, "group": item.group, "age": item.age, DECODED: False}
-        record = {"images": self._views(self.transform(image)), "group": item.group, "age": item.age}
+            return {"images": blank, **labels(item), DECODED: False}
+        record = {"images": self._views(self.transform(image)), **labels(item)}
         if self.flag_errors:
             record[DECODED] = True
         return record
@@ -96,7 +108,7 @@ class ImageDataset(Dataset):
 
 
 class CachedFeatureDataset(Dataset):
-    """Rows of the feature caches: ``{"features": V x C x H x W, "group", "age"}``, read a whole batch at a time.
+    """Rows of the feature caches: ``{"features": V x C x H x W, "group", "age", ...}``, read a batch at a time.
 
     ``caches`` maps each stored view (``original``, ``mirrored``) to its ``FeatureCache``; ``views`` picks what an
     item serves (see :data:`VIEW_MODES`), and ``random`` and ``both`` need both caches.
@@ -111,8 +123,9 @@ class CachedFeatureDataset(Dataset):
             raise ValueError(f"views={views!r} needs the {' and '.join(missing)} feature cache")
         self.caches = dict(caches)
         self.rows = np.asarray(rows, dtype=np.int64)
-        self.groups = torch.as_tensor([item.group for item in items], dtype=torch.long)
-        self.ages = torch.as_tensor([item.age for item in items], dtype=torch.long)
+        records = [labels(item) for item in items]
+        self.labels = {key: torch.as_tensor([record[key] for record in records], dtype=torch.long)
+                       for key in LABEL_KEYS}
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -135,7 +148,7 @@ class CachedFeatureDataset(Dataset):
             features = features.unsqueeze(1)
         else:
             features = self.caches[self.views].read(rows).unsqueeze(1)
-        return {"features": features, "group": self.groups[indices], "age": self.ages[indices]}
+        return {"features": features, **{key: values[indices] for key, values in self.labels.items()}}
 
 
 def batch_is_ready(batch):

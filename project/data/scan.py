@@ -1,8 +1,9 @@
 """Scanning a folder for usable UTKFace images: names, ages, cheap file checks, and what was skipped and why.
 
-UTKFace file names look like ``{age}_{gender}_{race}_{datetime}.jpg.chip.jpg``. Only the age is needed; real
-copies also hold names without the race field (still valid), names with stray spaces, macOS ``._*`` files,
-notes and broken files. Everything that cannot be used is skipped with a reason and reported once, up front.
+UTKFace file names look like ``{age}_{gender}_{race}_{datetime}.jpg.chip.jpg``. The age is needed, gender and race
+are kept when present (for the per-slice error report); real copies also hold names without the race field (still
+valid), names with stray spaces, macOS ``._*`` files, notes and broken files. Everything that cannot be used is
+skipped with a reason and reported once, up front.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from project.age_groups import age_to_group
+from project.age_groups import MAX_AGE, age_to_group
 from project.transforms import IMAGE_SUFFIXES
 
 #: Written into an extracted archive's folder by ``project.data.archives``: member names that occurred more than
@@ -21,26 +22,33 @@ ARCHIVE_DUPLICATES_FILE = ".archive_duplicates.txt"
 UNDECODABLE_REASON = "cannot be decoded"
 
 
-def parse_age(file_name: str) -> Optional[int]:
-    """The age encoded at the start of a UTKFace file name, or ``None`` if the name does not carry one.
+@dataclass(frozen=True)
+class FaceItem:
+    """One usable image: its path relative to the dataset root, its age and age group, and (when known) the
+    gender and ethnicity codes of ``project.demographics``."""
 
-    ``"25_0_1_20170116174525125.jpg.chip.jpg"`` -> 25; a missing race field (``"39_1_2017...jpg"``) and stray
-    spaces (``" 25 _0_1_...jpg"``) are accepted.
+    relpath: str
+    age: int
+    group: int
+    gender: Optional[int] = None
+    ethnicity: Optional[int] = None
+
+
+def parse_name(file_name: str) -> Optional[Tuple[int, Optional[int], Optional[int]]]:
+    """``(age, gender, ethnicity)`` from a UTKFace file name, or ``None`` if the name carries no age.
+
+    ``"25_0_1_20170116174525125.jpg.chip.jpg"`` -> ``(25, 0, 1)``; names without the race field
+    (``"39_1_2017...jpg"``, three real files) give ``(39, 1, None)``; stray spaces (``" 25 _0_1_...jpg"``) are
+    accepted; a field that is not a known code is unknown (``None``).
     """
     stem = file_name.strip().split(".", 1)[0]
     fields = [part.strip() for part in stem.split("_")]
     if len(fields) < 2 or not fields[0].isdigit():
         return None
-    return int(fields[0])
-
-
-@dataclass(frozen=True)
-class FaceItem:
-    """One usable image: its path relative to the dataset root, its age and its age group."""
-
-    relpath: str
-    age: int
-    group: int
+    gender = int(fields[1]) if fields[1] in ("0", "1") else None
+    race = fields[2] if len(fields) >= 4 else ""  # with three fields the third is the date
+    ethnicity = int(race) if race in ("0", "1", "2", "3", "4") else None
+    return int(fields[0]), gender, ethnicity
 
 
 @dataclass
@@ -113,8 +121,8 @@ def scan_utkface(root: Path, check_images: bool = True) -> ScanResult:
             skipped.append((relpath, reason))
             continue
         seen[name.strip()] = relpath
-        age = parse_age(name)
-        items.append(FaceItem(relpath, age, age_to_group(age)))
+        age, gender, ethnicity = parse_name(name)
+        items.append(FaceItem(relpath, age, age_to_group(age), gender, ethnicity))
     return ScanResult(root, items, skipped, files_seen=len(items) + len(skipped))
 
 
@@ -124,9 +132,16 @@ def _unusable_name(name: str) -> Optional[str]:
         return "macOS metadata file"
     if not name.strip().lower().endswith(IMAGE_SUFFIXES):
         return "not an image file name"
-    age = parse_age(name)
-    if age is None:
+    fields = parse_name(name)
+    if fields is None:
         return "name does not start with {age}_"
+    return age_problem(fields[0])
+
+
+def age_problem(age: int) -> Optional[str]:
+    """Why ``age`` (whole years) cannot be used, or None."""
+    if age < 0:
+        return f"age {age} is negative"
     if age_to_group(age) is None:
-        return f"age {age} outside 0-124"
+        return f"age {age} outside 0-{MAX_AGE}"
     return None

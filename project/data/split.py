@@ -76,9 +76,30 @@ class Split:
         return Path(path)
 
 
+#: Two images to train on (BatchNorm needs two), one to validate, one to test.
+MIN_IMAGES = 4
+
+
 def new_split(all_items: Sequence[FaceItem], usable: np.ndarray, seed: int) -> Split:
-    """A fresh stratified split of the ``usable`` rows of ``all_items``."""
-    indices = stratified_split([all_items[i].group for i in usable], seed)
+    """A fresh stratified split of the ``usable`` rows of ``all_items``.
+
+    On a small set the per-group rounding can leave validation or test empty (a group needs 6 images before 10 %
+    of it rounds to one); then the largest group's training images give one image to each empty split, so any set
+    of at least :data:`MIN_IMAGES` images splits.
+    """
+    if len(usable) < MIN_IMAGES:
+        raise UserError(f"too few images to split: {len(usable)} usable; at least {MIN_IMAGES} are needed (two to "
+                        f"train on, one to validate, one to test), and a few hundred for a useful model")
+    groups = np.array([all_items[i].group for i in usable])
+    indices = stratified_split(groups, seed)
+    rng = np.random.default_rng(seed)
+    for name in ("test", "val"):
+        if len(indices[name]) == 0:
+            train = indices["train"]
+            largest = np.bincount(groups[train]).argmax()
+            moved = rng.choice(train[groups[train] == largest])
+            indices["train"] = train[train != moved]
+            indices[name] = np.array([moved], dtype=np.int64)
     return Split({name: usable[rows] for name, rows in indices.items()})
 
 

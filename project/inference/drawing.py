@@ -18,9 +18,11 @@ def _font(size: int) -> ImageFont.ImageFont:
 
 
 def _label_text(prediction: Prediction) -> str:
+    """``25-49 (64%) · 31 y``: the group, its probability, and the age when the model gives one."""
     if not prediction.ok:
         return prediction.error
-    return f"{prediction.group} ({prediction.confidence:.0%})"
+    text = f"{prediction.group} ({prediction.confidence:.0%})"
+    return text if prediction.age is None else f"{text} \u00b7 {prediction.age:.0f} y"
 
 
 def _draw_label(draw: ImageDraw.ImageDraw, text: str, anchor_xy: Tuple[int, int], max_width: int,

@@ -1,9 +1,9 @@
 """Reading checkpoints written by training: safely, without Lightning, in today's layout.
 
 A checkpoint is Lightning's dict: ``state_dict`` (the LightningModule's ``net.*`` parameters), ``hyper_parameters``
-(the network, optimizer and objective settings as plain dicts, see :func:`hyper_parameters`) and ``temperature``
-(the calibration fitted on validation). Files are read with ``torch.load(weights_only=True)``: a file that would
-need to unpickle objects is refused, and no code in it ever runs.
+(the network, optimizer and objective settings as plain dicts, see :func:`hyper_parameters`), ``temperature`` and
+``age_calibration`` (the calibrations fitted on validation). Files are read with ``torch.load(weights_only=True)``:
+a file that would need to unpickle objects is refused, and no code in it ever runs.
 
 Checkpoints of release 0.1.0 (flat hyper-parameters; the LightningModule held ``backbone`` and ``head`` itself, one
 head as a bare module or several as ``head.members.K``) are turned into today's layout on load by
@@ -15,10 +15,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 
+from project.calibration import AgeCalibration, AgeEstimate, uncalibrated_ages
 from project.errors import UserError, first_line
 from project.models.net import AgeNet
 from project.settings import (
@@ -33,6 +34,8 @@ CHECKPOINT_FORMAT = 2
 #: The LightningModule keeps its :class:`AgeNet` as ``net``: its parameters are saved under this prefix.
 NET_PREFIX = "net."
 TEMPERATURE_KEY = "temperature"
+#: how the per-year outputs become an age and an interval (``project.calibration.AgeCalibration``), or None
+AGE_CALIBRATION_KEY = "age_calibration"
 
 MapLocation = Union[str, torch.device, None]
 
@@ -74,7 +77,15 @@ def upgrade_checkpoint(checkpoint: Dict[str, Any]) -> Dict[str, Any]:
     checkpoint["hyper_parameters"] = hyper_parameters(net, optimizer, objective)
     checkpoint["state_dict"] = {_upgraded_key(key, net.ensemble_size): value
                                 for key, value in checkpoint["state_dict"].items()}
+    # 0.1.0 reported groups only: a per-year model gets its median age, and no interval until one is fitted
+    checkpoint[AGE_CALIBRATION_KEY] = uncalibrated_ages().to_dict() if net.target == "age" else None
     return checkpoint
+
+
+def age_calibration_of(checkpoint: Mapping[str, Any]) -> Optional[AgeCalibration]:
+    """The age calibration a checkpoint holds (None for a model without per-year outputs)."""
+    record = checkpoint[AGE_CALIBRATION_KEY]
+    return None if record is None else AgeCalibration.from_dict(record)
 
 
 def _upgraded_key(key: str, ensemble_size: int) -> str:
@@ -100,6 +111,7 @@ def read_checkpoint(path: Union[str, os.PathLike], map_location: MapLocation = "
         # mmap: only what is used is read (a training checkpoint also holds the optimizer's state)
         checkpoint = upgrade_checkpoint(torch.load(path, map_location=map_location, weights_only=True, mmap=True))
         float(checkpoint[TEMPERATURE_KEY])
+        age_calibration_of(checkpoint)
         return checkpoint
     except Exception as err:  # noqa: BLE001 - every failure is explained in one line
         reason = f"missing {err}" if isinstance(err, KeyError) else first_line(err)
@@ -108,15 +120,26 @@ def read_checkpoint(path: Union[str, os.PathLike], map_location: MapLocation = "
 
 @dataclass
 class TrainedNet:
-    """A trained network and its calibration, ready for prediction (no Lightning needed)."""
+    """A trained network and its calibrations, ready for prediction (no Lightning needed)."""
 
     net: AgeNet
     #: divides the group logits so the probabilities are calibrated (1.0: uncalibrated)
     temperature: float
+    #: how per-year outputs become an age and an interval (None: the network predicts groups only)
+    age_calibration: Optional[AgeCalibration] = None
 
     def calibrated_logits(self, images: torch.Tensor) -> torch.Tensor:
         """Preprocessed images ``N x 3 x S x S`` -> calibrated group logits ``N x 5``."""
         return self.net(images) / self.temperature
+
+    def predict(self, images: torch.Tensor) -> Tuple[torch.Tensor, Optional[AgeEstimate]]:
+        """Preprocessed images ``N x 3 x S x S`` -> calibrated group probabilities ``N x 5`` and, for a network
+        with per-year outputs, the ages in years (with intervals when calibrated); else ``None``."""
+        logits, years = self.net.predict(images)
+        probabilities = torch.softmax((logits / self.temperature).float(), dim=1)
+        if years is None or self.age_calibration is None:
+            return probabilities, None
+        return probabilities, self.age_calibration.estimate(years.cpu())
 
 
 def load_trained_net(path: Union[str, os.PathLike], device: Optional[torch.device] = None) -> TrainedNet:
@@ -133,4 +156,4 @@ def load_trained_net(path: Union[str, os.PathLike], device: Optional[torch.devic
                         ) from None
     if device is not None:
         net.to(device)
-    return TrainedNet(net.eval(), float(checkpoint[TEMPERATURE_KEY]))
+    return TrainedNet(net.eval(), float(checkpoint[TEMPERATURE_KEY]), age_calibration_of(checkpoint))

@@ -124,6 +124,28 @@ class AgeNet(nn.Module):
         per_head = self.member_group_logits(outputs)
         return per_head[:, 0] if len(self.heads) == 1 else average_probabilities(per_head.float())
 
+    @property
+    def predicts_ages(self) -> bool:
+        """Whether the heads output one logit per year of age (the ``age`` target), so ages can be estimated."""
+        return self.settings.target == "age"
+
+    def year_probabilities(self, outputs: torch.Tensor, views: int) -> torch.Tensor:
+        """Raw outputs ``(N * V) x heads x 125`` -> the probability of each year of age ``N x 125``, averaged over
+        heads and views the way the group probabilities are (summed over its 25 years, a group gets its probability
+        before calibration)."""
+        if not self.predicts_ages:
+            raise ValueError("a network with the group target has no per-year outputs")
+        per_item = torch.softmax(outputs.float(), dim=2).mean(dim=1)
+        return per_item.unflatten(0, (-1, views)).mean(dim=1)
+
+    def predict(self, images: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Preprocessed images ``N x 3 x S x S`` -> group logits ``N x 5`` and, for networks that predict ages,
+        the probability of each year of age ``N x 125`` (else ``None``)."""
+        views = self.views(images)
+        logits, outputs = self.logits_and_outputs(self.encode_views(views))
+        years = self.year_probabilities(outputs, views.shape[1]) if self.predicts_ages else None
+        return logits, years
+
     def regularized_weights(self) -> list:
         """The heads' kernels that get weight decay (the notebook head: its two hidden kernels, as Keras' l2)."""
         return [weight for head in self.heads for weight in head.regularized_weights()]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Union
+from typing import Any, Dict, Mapping, Optional, Union
 
 import pytorch_lightning as pl
 import torch
@@ -20,9 +20,13 @@ from torchmetrics.classification import (
 )
 
 from project import calibration
+from project.age_report import FaceResults, age_metrics, errors_by_age, slice_rows
+from project.calibration import AgeCalibration, uncalibrated_ages
 from project.age_groups import GROUP_LABELS, NUM_CLASSES, age_distribution
 from project.models.checkpoint import (
+    AGE_CALIBRATION_KEY,
     TEMPERATURE_KEY,
+    age_calibration_of,
     hyper_parameters,
     read_checkpoint,
     saved_settings,
@@ -86,9 +90,14 @@ class LitClassifier(pl.LightningModule):
         self.test_calibration = MulticlassCalibrationError(NUM_CLASSES, n_bins=15)
         #: divides the group logits of test and prediction; saved in checkpoints (1.0 = uncalibrated)
         self.temperature = 1.0
-        # Raw validation logits and labels of the current pass (gathered across processes) to fit the temperature.
+        #: how per-year outputs become an age and an interval (fitted on validation; None without per-year outputs)
+        self.age_calibration: Optional[AgeCalibration] = uncalibrated_ages() if net.predicts_ages else None
+        # The current validation pass's raw logits, labels, per-year probabilities and ages (gathered across
+        # processes) to fit the calibrations on; and the test pass's per-face records for the error report.
         self.val_logits, self.val_targets = CatMetric(nan_strategy="disable"), CatMetric(nan_strategy="disable")
-        #: per-group recall, confusion matrix and temperature of the last test pass
+        self.val_years, self.val_ages = CatMetric(nan_strategy="disable"), CatMetric(nan_strategy="disable")
+        self.test_records = CatMetric(nan_strategy="disable")
+        #: recall, confusion matrix, calibration, ages and slices of the last test pass (see ``on_test_epoch_end``)
         self.test_results: Dict[str, Any] = {}
 
     # -- checkpoints -----------------------------------------------------------------------------------------
@@ -113,11 +122,13 @@ class LitClassifier(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         checkpoint[TEMPERATURE_KEY] = float(self.temperature)
+        checkpoint[AGE_CALIBRATION_KEY] = self.age_calibration.to_dict() if self.age_calibration else None
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         # Lightning loads the state dict after this hook (also when resuming or testing with ckpt_path).
         upgrade_checkpoint(checkpoint)
         self.temperature = float(checkpoint[TEMPERATURE_KEY])
+        self.age_calibration = age_calibration_of(checkpoint)
 
     # -- forward ---------------------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -165,6 +176,9 @@ class LitClassifier(pl.LightningModule):
         if self.objective_settings.calibrate:
             self.val_logits.update(step.logits.detach().float())
             self.val_targets.update(step.targets)
+        if self.net.predicts_ages:
+            self.val_years.update(self.net.year_probabilities(step.outputs.detach(), step.views))
+            self.val_ages.update(batch["age"])
         self._log_split("val", step, self.val_metrics, self.val_loss)
 
     def test_step(self, batch, batch_idx):
@@ -173,6 +187,19 @@ class LitClassifier(pl.LightningModule):
         self.test_recall.update(step.logits, step.targets)
         self.test_confusion.update(step.logits, step.targets)
         self.test_calibration.update(torch.softmax(step.logits.float(), dim=1), step.targets)
+        self.test_records.update(self._records(batch, step))
+
+    def _records(self, batch: Mapping[str, torch.Tensor], step: StepOutput) -> torch.Tensor:
+        """One row per face: the columns of :class:`~project.age_report.FaceResults`, in order."""
+        missing = torch.full((len(step.targets),), float("nan"))
+        estimate = low = high = missing
+        if self.net.predicts_ages:
+            ages = self.age_calibration.estimate(self.net.year_probabilities(step.outputs.detach(), step.views).cpu())
+            estimate = ages.age
+            low, high = (ages.low, ages.high) if ages.low is not None else (missing, missing)
+        columns = (batch["age"], step.targets, step.logits.argmax(dim=1), estimate, low, high, batch["gender"],
+                   batch["ethnicity"])
+        return torch.stack([column.detach().cpu().double() for column in columns], dim=1)
 
     def predict_step(self, batch, batch_idx, dataloader_idx=0):
         """Calibrated group probabilities of a batch of preprocessed images (a tensor, or ``{"images": ...}``
@@ -191,9 +218,13 @@ class LitClassifier(pl.LightningModule):
 
     # -- epoch ends ------------------------------------------------------------------------------------------
     def on_validation_epoch_end(self) -> None:
-        """Fit the temperature on this pass's raw validation logits (runs before ModelCheckpoint saves the epoch)."""
-        if not self.objective_settings.calibrate:
-            return
+        """Fit the calibrations on this validation pass (runs before ModelCheckpoint saves the epoch)."""
+        if self.objective_settings.calibrate:
+            self._fit_temperature()
+        if self.net.predicts_ages:
+            self._fit_age_calibration()
+
+    def _fit_temperature(self) -> None:
         logits, targets = self.val_logits.compute(), self.val_targets.compute()
         self.val_logits.reset()
         self.val_targets.reset()
@@ -205,6 +236,19 @@ class LitClassifier(pl.LightningModule):
         self.temperature = calibration.fit_temperature(logits.view(len(targets), -1).cpu(), targets.long().cpu())
         self.log("val_temperature", self.temperature)
 
+    def _fit_age_calibration(self) -> None:
+        years, ages = self.val_years.compute(), self.val_ages.compute()
+        self.val_years.reset()
+        self.val_ages.reset()
+        if self.trainer.sanity_checking or not len(ages):
+            return
+        years, ages = years.view(len(ages), -1).cpu(), ages.cpu()
+        self.age_calibration = calibration.fit_age_calibration(years, ages)
+        estimate = calibration.point_estimate(years, self.age_calibration.point)
+        self.log("val_mae", (estimate - ages.double()).abs().mean().item())
+        if self.age_calibration.scale is not None:
+            self.log("val_interval_scale", self.age_calibration.scale)
+
     def on_test_epoch_start(self) -> None:
         self.test_results = {}
 
@@ -214,12 +258,21 @@ class LitClassifier(pl.LightningModule):
         self.log("test_calibration_error", float(self.test_calibration.compute()))
         for label, value in zip(GROUP_LABELS, recall):
             self.log(f"test_recall_{label}", value)
+        records = FaceResults(*self.test_records.compute().view(-1, 8).double().cpu().numpy().T)
+        ages = age_metrics(records)
+        for name in ("mae", "median_absolute_error", "cs5", "interval_coverage", "interval_width"):
+            if name in ages:
+                self.log(f"test_{name}", ages[name])
+        if ages:
+            ages.update(self.age_calibration.to_dict(), by_age=errors_by_age(records))
         self.test_results = {
             "recall": {label: float(v) for label, v in zip(GROUP_LABELS, recall)},
             "confusion_matrix": confusion.long().tolist(),
             "temperature": float(self.temperature),
+            "ages": ages or None,
+            "slices": slice_rows(records),
         }
-        for metric in (self.test_recall, self.test_confusion, self.test_calibration):
+        for metric in (self.test_recall, self.test_confusion, self.test_calibration, self.test_records):
             metric.reset()
 
     # -- optimisation ----------------------------------------------------------------------------------------

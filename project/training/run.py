@@ -26,7 +26,6 @@ from pytorch_lightning.loggers import CSVLogger
 from project.data.datamodule import UTKFaceDataModule
 from project.data.feature_cache import FeatureCacheBuilder
 from project.devices import lightning_accelerator
-from project.fileutils import write_json_atomic
 from project.models.backbone import build_backbone
 from project.models.checkpoint import TrainedNet
 from project.models.net import AgeNet
@@ -136,7 +135,7 @@ def train(settings: RunSettings, callbacks: Sequence[Callback] = ()) -> Dict:
     run_dir = run_files.run_folder(trainer)
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
-        metrics_file = run_files.write_metrics(run_dir, payload)
+        metrics_file = run_files.write_metrics(run_dir / run_files.METRICS_FILE_NAME, payload)
         write_plots(run_dir, datamodule, model, payload)
         print(f"\nBest checkpoint: {best_path or '-'}\nTest metrics:    {metrics_file}\nLogs and plots:  {run_dir}")
     return payload
@@ -156,7 +155,7 @@ def retest(settings: RunSettings, checkpoint: Path, split_file: Optional[Path], 
         "test_images": len(datamodule.split.indices["test"]), "precision": settings.trainer.precision,
     })
     if metrics_json is not None and trainer.is_global_zero:
-        write_json_atomic(metrics_json, payload)
+        run_files.write_metrics(metrics_json, payload)
     return payload
 
 
@@ -170,6 +169,6 @@ def _metrics_payload(model: LitClassifier, results: Dict, extra: Dict) -> Dict:
 def write_plots(run_dir: Path, datamodule: UTKFaceDataModule, model: LitClassifier, metrics: Dict) -> None:
     """The run's figures (``run_dir/plots``); a failure here is reported but never fails a finished run."""
     try:
-        write_run_plots(run_dir, datamodule, TrainedNet(model.net, model.temperature), metrics)
+        write_run_plots(run_dir, datamodule, TrainedNet(model.net, model.temperature, model.age_calibration), metrics)
     except Exception as err:  # noqa: BLE001 - plots are a bonus on top of the saved metrics
         log.warning("plots skipped (%s: %s)", type(err).__name__, err)

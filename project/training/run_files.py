@@ -4,6 +4,7 @@
     metrics.csv         per-epoch metrics (Lightning's CSV logger)
     test_metrics.json   what the test pass measured
     split.json          the validation and test file names and the seed
+    slices.csv          accuracy and errors in years per gender, ethnicity and age band
     skipped_files.txt   every unusable file with its reason (only when there were some)
     run_config.json     the run's settings under their flag names (``RunSettings.record``)
     plots/              the run's figures
@@ -18,10 +19,12 @@ from typing import Any, Dict, Optional
 import pytorch_lightning as pl
 
 from project.data.datamodule import SKIPPED_FILE_NAME  # noqa: F401 - one of the run files
+from project.age_report import write_slices_csv
 from project.fileutils import write_json_atomic
 
 SPLIT_FILE_NAME = "split.json"
 METRICS_FILE_NAME = "test_metrics.json"
+SLICES_FILE_NAME = "slices.csv"
 CONFIG_FILE_NAME = "run_config.json"
 LAST_CHECKPOINT_NAME = "last.ckpt"
 
@@ -61,7 +64,12 @@ def read_config(run_dir: Path) -> Optional[Dict[str, Any]]:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def write_metrics(run_dir: Path, payload: Dict[str, Any]) -> Path:
-    path = Path(run_dir) / METRICS_FILE_NAME
+def write_metrics(path: Path, payload: Dict[str, Any]) -> Path:
+    """``test_metrics.json`` (or any metrics file) and, beside it, the slice table as CSV: ``slices.csv`` in a run
+    folder, ``NAME.slices.csv`` for a metrics file of another name."""
+    path = Path(path)
     write_json_atomic(path, payload)
+    if payload.get("slices"):
+        slices = path.with_name(SLICES_FILE_NAME if path.name == METRICS_FILE_NAME else f"{path.stem}.slices.csv")
+        write_slices_csv(payload["slices"], slices)
     return path
