@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import pytorch_lightning as pl
 import torch
@@ -224,25 +224,32 @@ class LitClassifier(pl.LightningModule):
         if self.net.predicts_ages:
             self._fit_age_calibration()
 
-    def _fit_temperature(self) -> None:
-        logits, targets = self.val_logits.compute(), self.val_targets.compute()
-        self.val_logits.reset()
-        self.val_targets.reset()
+    def _gathered(self, values: CatMetric, labels: CatMetric) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """This validation pass's ``N x ...`` values and ``N`` labels from every process, on the CPU (and both
+        metrics reset); ``None`` in the sanity check or when there were none."""
+        rows, targets = values.compute(), labels.compute()
+        values.reset()
+        labels.reset()
         if self.trainer.sanity_checking or not len(targets):
+            return None
+        return rows.view(len(targets), -1).cpu(), targets.cpu()
+
+    def _fit_temperature(self) -> None:
+        gathered = self._gathered(self.val_logits, self.val_targets)
+        if gathered is None:
             return
+        logits, targets = gathered
         if len(targets) < calibration.MIN_CALIBRATION_ITEMS and self.current_epoch == 0:
             rank_zero_info(f"only {len(targets)} validation images: probabilities stay uncalibrated "
                            f"(a temperature needs at least {calibration.MIN_CALIBRATION_ITEMS})")
-        self.temperature = calibration.fit_temperature(logits.view(len(targets), -1).cpu(), targets.long().cpu())
+        self.temperature = calibration.fit_temperature(logits, targets.long())
         self.log("val_temperature", self.temperature)
 
     def _fit_age_calibration(self) -> None:
-        years, ages = self.val_years.compute(), self.val_ages.compute()
-        self.val_years.reset()
-        self.val_ages.reset()
-        if self.trainer.sanity_checking or not len(ages):
+        gathered = self._gathered(self.val_years, self.val_ages)
+        if gathered is None:
             return
-        years, ages = years.view(len(ages), -1).cpu(), ages.cpu()
+        years, ages = gathered
         self.age_calibration = calibration.fit_age_calibration(years, ages)
         estimate = calibration.point_estimate(years, self.age_calibration.point)
         self.log("val_mae", (estimate - ages.double()).abs().mean().item())
