@@ -18,15 +18,19 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["project", "project.*"]),
+    package_data={"project.serve": ["static/*"]},
     install_requires=requirements,
     extras_require={
         "faces": ["opencv-python-headless>=4.8,<5"],  # OpenCV 5 ships no Haar face cascade
-        "test": ["pytest>=7.4", "import-linter>=2.13"],
+        "serve": ["litserve>=0.2.10", "python-multipart>=0.0.9"],
+        # httpx2: the HTTP client of Starlette's TestClient (the server's API tests)
+        "test": ["pytest>=7.4", "import-linter>=2.13", "httpx2"],
     },
     entry_points={
         "console_scripts": [
             "age-classifier-train=project.lit_classifier_main:cli_main",
             "age-classifier-predict=project.predict:main",
+            "age-classifier-serve=project.serve.server:main",
         ]
     },
 )

@@ -9,7 +9,7 @@ default was chosen on the validation split only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, Optional
 
 from project.settings import (
@@ -66,3 +66,11 @@ DEFAULT = Recipe(
 )
 
 RECIPES: Dict[str, Recipe] = {recipe.name: recipe for recipe in (DEFAULT, NOTEBOOK)}
+
+
+def recipe_of(net: NetSettings) -> str:
+    """The name of the recipe whose network ``net`` is (whatever the image size), or ``custom``."""
+    for recipe in RECIPES.values():
+        if replace(net, input=replace(net.input, image_size=recipe.net.input.image_size)) == recipe.net:
+            return recipe.name
+    return "custom"

@@ -57,3 +57,47 @@ def utkface_faces(count: int) -> List[Image.Image]:
             if len(faces) == count:
                 return faces
     return faces
+
+
+def drawn_face(size: int = 200, skin=(224, 172, 140)) -> Image.Image:
+    """A simple drawn face (oval, hair, brows, eyes, nose, mouth) that OpenCV's face detector finds: photos with
+    faces for tests that cannot rely on real face images being present."""
+    from PIL import ImageDraw, ImageFilter
+
+    image = Image.new("RGB", (size, size), (70, 90, 110))
+    draw = ImageDraw.Draw(image)
+    s = size / 200
+    draw.ellipse([30 * s, 15 * s, 170 * s, 195 * s], fill=skin)
+    draw.ellipse([25 * s, 5 * s, 175 * s, 70 * s], fill=(60, 40, 30))  # hair
+    draw.ellipse([35 * s, 40 * s, 165 * s, 190 * s], fill=skin)
+    for centre in (70, 130):
+        draw.rectangle([(centre - 22) * s, 72 * s, (centre + 22) * s, 80 * s], fill=(80, 55, 40))  # brow
+        draw.ellipse([(centre - 16) * s, 88 * s, (centre + 16) * s, 106 * s], fill=(255, 255, 255))
+        draw.ellipse([(centre - 8) * s, 89 * s, (centre + 8) * s, 105 * s], fill=(40, 30, 25))  # iris
+    draw.polygon([(100 * s, 100 * s), (88 * s, 140 * s), (112 * s, 140 * s)], fill=(200, 145, 115))  # nose
+    draw.ellipse([78 * s, 150 * s, 122 * s, 168 * s], fill=(160, 70, 70))  # mouth
+    return image.filter(ImageFilter.GaussianBlur(2 * s))
+
+
+def two_face_photo() -> Image.Image:
+    """A 640x360 photo with two drawn faces, at (40, 90) 180 px and (420, 60) 140 px."""
+    photo = Image.new("RGB", (640, 360), (150, 160, 170))
+    photo.paste(drawn_face(180), (40, 90))
+    photo.paste(drawn_face(140, (190, 140, 110)), (420, 60))
+    return photo
+
+
+def png_bomb(side: int = 30000) -> bytes:
+    """A valid grayscale PNG of ``side x side`` pixels (1 bit each, all black): about 110 KB that would decode to
+    ``side**2`` pixels, a decompression bomb."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    compressor = zlib.compressobj(9)
+    row = b"\x00" * (1 + (side + 7) // 8)  # filter byte + packed bits
+    idat = b"".join(compressor.compress(row * 1000) for _ in range(side // 1000)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")

@@ -1,0 +1,137 @@
+"""``age-classifier-serve --ckpt PATH``: the prediction API and its web page, from a checkpoint alone.
+
+    age-classifier-serve --ckpt lightning_logs/version_0/checkpoints/last.ckpt      # http://127.0.0.1:8000/
+    python -m project.serve --ckpt ... --port 8080 --max_batch_size 16 --no-detect_faces
+
+``POST /predict`` (multipart, field ``image``) answers every face's box, group, probabilities, age and interval;
+``GET /health``; ``GET /info`` (recipe, temperature, input size, classes); ``GET /`` the page. Binds 127.0.0.1 unless
+told otherwise; uploads are capped in bytes and pixels; errors are ``{"error": "..."}`` with a 4xx status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Optional, Sequence
+
+from project import __version__
+from project.age_groups import GROUP_LABELS
+from project.devices import ACCELERATORS, device_type_for
+from project.errors import DEBUG_ENV, OneLineArgumentParser, UserError, exit_on_user_error
+from project.models.checkpoint import load_trained_net
+from project.recipes import recipe_of
+
+PROGRAM = "age-classifier-serve"
+#: The page's files, shipped inside the package (no CDN, no web fonts: it works offline).
+STATIC_FILES = {"/": ("index.html", "text/html"), "/app.js": ("app.js", "text/javascript"),
+                "/style.css": ("style.css", "text/css")}
+
+
+def model_info(checkpoint: Path) -> dict:
+    """``GET /info``'s model part: what the checkpoint is, read once in the server process."""
+    trained = load_trained_net(checkpoint)
+    settings = trained.net.settings
+    calibration = trained.age_calibration
+    return {
+        "recipe": recipe_of(settings), "version": __version__, "checkpoint": checkpoint.name,
+        "classes": list(GROUP_LABELS), "input_size": settings.input.image_size,
+        "mirror_views": settings.input.mirror, "heads": settings.ensemble_size,
+        "temperature": trained.temperature, "ages": calibration is not None,
+        "age_interval_level": calibration.level if calibration and calibration.scale is not None else None,
+    }
+
+
+def build_server(checkpoint: Path, accelerator: str = "auto", workers_per_device: int = 1, max_batch_size: int = 8,
+                 batch_timeout: float = 0.05, detect_faces: bool = True, max_upload_mb: float = 20.0):
+    """The LitServer: the API, the page's routes, and every error answered as ``{"error": ...}``."""
+    import litserve as ls
+    from fastapi import HTTPException, Request
+    from fastapi.responses import Response
+
+    from project.serve.api import AgeGroupAPI, error_response
+
+    api = AgeGroupAPI(checkpoint, detect_faces=detect_faces, max_batch_size=max_batch_size,
+                      batch_timeout=batch_timeout)
+    server = ls.LitServer(api, accelerator="cuda" if device_type_for(accelerator) == "cuda" else "cpu",
+                          devices=1, workers_per_device=workers_per_device, model_metadata=model_info(checkpoint),
+                          max_payload_size=int(max_upload_mb * 1024 * 1024))
+
+    async def http_error(request: Request, err: HTTPException):
+        message = "the upload is larger than the server accepts (--max_upload_mb)" if err.status_code == 413 \
+            else str(err.detail)
+        return error_response(err.status_code, message)
+
+    server.app.add_exception_handler(HTTPException, http_error)
+    # LitServe answers "/" with "litserve running"; the page takes its place
+    server.app.router.routes = [route for route in server.app.router.routes
+                                if getattr(route, "path", None) not in STATIC_FILES]
+    for path, (name, media_type) in STATIC_FILES.items():
+        body = resources.files("project.serve").joinpath("static", name).read_bytes()
+        server.app.add_api_route(path, _static(body, media_type, Response), methods=["GET"], include_in_schema=False)
+    return server
+
+
+def _static(body: bytes, media_type: str, response_class):
+    async def serve_file():
+        return response_class(content=body, media_type=media_type)
+
+    return serve_file
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = OneLineArgumentParser(prog=PROGRAM, description="Serve a trained checkpoint: a prediction API and a "
+                                   "web page where a photo's faces get their age group and age.",
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--ckpt", "--ckpt_path", dest="ckpt", required=True, help="checkpoint written by training")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--accelerator", default="auto", choices=ACCELERATORS, help="auto = the GPU when there is one")
+    parser.add_argument("--workers_per_device", type=int, default=1, help="model copies answering requests")
+    parser.add_argument("--max_batch_size", type=int, default=8, help="photos predicted together at most")
+    parser.add_argument("--batch_timeout", type=float, default=0.05,
+                        help="seconds to wait for more photos to fill a batch")
+    parser.add_argument("--detect_faces", action=argparse.BooleanOptionalAction, default=True,
+                        help="find each face first (needs the faces extra); off: the whole photo is one face")
+    parser.add_argument("--max_upload_mb", type=float, default=20.0, help="largest upload accepted, in MB")
+    parser.add_argument("--debug", action="store_true", help=f"show full tracebacks (same as {DEBUG_ENV}=1)")
+    return parser
+
+
+def check_args(args: argparse.Namespace) -> Path:
+    """Everything that can be checked before the workers start; returns the checkpoint."""
+    try:
+        import litserve  # noqa: F401 - only whether it is there
+    except ImportError:
+        raise UserError("serving needs LitServe, which is not installed: pip install -e .[serve]") from None
+    checkpoint = Path(args.ckpt).expanduser()
+    if not checkpoint.is_file():
+        raise UserError(f"--ckpt {args.ckpt} does not exist; pass a .ckpt written by training")
+    for name in ("workers_per_device", "max_batch_size"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name} must be at least 1 (got {getattr(args, name)})")
+    if args.batch_timeout < 0 or not args.max_upload_mb > 0 or not 0 < args.port < 65536:
+        raise UserError("--batch_timeout cannot be negative, --max_upload_mb must be positive and --port 1-65535")
+    if args.detect_faces:
+        from project.inference.faces import FaceDetector
+
+        FaceDetector()  # the faces extra is there (else a one-line error naming it)
+    return checkpoint
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Start the server; Ctrl-C or SIGTERM stops it."""
+    args = get_args_parser().parse_args(argv)
+    with exit_on_user_error(PROGRAM, debug=args.debug):
+        checkpoint = check_args(args)
+        server = build_server(checkpoint, args.accelerator, args.workers_per_device, args.max_batch_size,
+                              args.batch_timeout, args.detect_faces, args.max_upload_mb)
+        print(f"{PROGRAM}: serving {checkpoint} at http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
+        server.run(host=args.host, port=args.port, generate_client_file=False, num_api_servers=1,
+                   log_level="warning")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
