@@ -117,6 +117,9 @@ class ObjectiveSettings:
     age_sigma: float
     #: fit a temperature on every validation pass (saved in the checkpoint, applied to test and prediction)
     calibrate: bool
+    #: weight of the mean absolute error (years) of each head's expected age, added to the ``age`` target's loss
+    #: (0: off; label-distribution learning with an expectation term, as in Gao et al. 2018, "DLDL-v2")
+    expected_age_weight: float = 0.0
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)

@@ -137,10 +137,22 @@ def test_the_server_starts_from_a_checkpoint_answers_and_stops_on_sigterm(checkp
             answer = json.loads(response.read())
         assert [face["box"][0] < 320 for face in answer["faces"]] == [True, False]  # both faces, left to right
     finally:
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(timeout=30)
-    assert code == 0 or code == -signal.SIGTERM, process.stderr.read()[-3000:]
+        code = stop(process)
+    assert code == 0, process.stderr.read()[-3000:]
+    assert serving_processes(port) == []  # its worker and HTTP processes went with it
     assert list(tmp_path.iterdir()) == []  # no generated client file in the user's folder
+
+
+def serving_processes(port: int) -> list:
+    """Processes still running with ``--port PORT`` on their command line."""
+    found = subprocess.run(["pgrep", "-f", f"--port {port}"], capture_output=True, text=True).stdout.split()
+    return [pid for pid in found if int(pid) != os.getpid()]
+
+
+def stop(process: subprocess.Popen, timeout: float = 60.0) -> int:
+    """SIGTERM, as ``docker stop`` or systemd would send; the exit code."""
+    process.send_signal(signal.SIGTERM)
+    return process.wait(timeout=timeout)
 
 
 def multipart(data: bytes, field: str = "image", name: str = "photo.jpg"):

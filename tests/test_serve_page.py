@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
 import sys
 
@@ -12,7 +11,7 @@ import pytest
 from helpers.browser import CHROMIUM_ARGS, chromium_path
 from helpers.photos import two_face_photo
 from helpers.run_if import opencv_face_detector
-from test_serve import free_port, wait_for
+from test_serve import free_port, stop, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -36,8 +35,7 @@ def server_url(checkpoint, tmp_path_factory):
         wait_for(f"{url}/health", process)
         yield url
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
+        stop(process)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ told otherwise; uploads are capped in bytes and pixels; errors are ``{"error": "
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from importlib import resources
 from pathlib import Path
@@ -120,6 +121,10 @@ def check_args(args: argparse.Namespace) -> Path:
     return checkpoint
 
 
+def _stop(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Start the server; Ctrl-C or SIGTERM stops it."""
     args = get_args_parser().parse_args(argv)
@@ -128,6 +133,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         server = build_server(checkpoint, args.accelerator, args.workers_per_device, args.max_batch_size,
                               args.batch_timeout, args.detect_faces, args.max_upload_mb)
         print(f"{PROGRAM}: serving {checkpoint} at http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
+        # LitServe shuts its worker and HTTP processes down on Ctrl-C; SIGTERM (docker stop, systemd, kill) would
+        # end this process alone and leave them running, so it takes the same way out.
+        signal.signal(signal.SIGTERM, _stop)
         server.run(host=args.host, port=args.port, generate_client_file=False, num_api_servers=1,
                    log_level="warning")
     return 0

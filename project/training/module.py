@@ -159,8 +159,14 @@ class LitClassifier(pl.LightningModule):
         group_loss = nn.functional.nll_loss(per_head.flatten(0, 1), targets.repeat_interleave(heads))  # log-probs
         # Per-year soft targets teach the age scale; the group term keeps the scored decision in the objective.
         soft_targets = age_distribution(ages, self.objective_settings.age_sigma).unsqueeze(1)
-        per_year = -(soft_targets * torch.log_softmax(step.outputs.float(), dim=2)).sum(dim=2).mean()
-        return per_year + group_loss
+        log_years = torch.log_softmax(step.outputs.float(), dim=2)
+        per_year = -(soft_targets * log_years).sum(dim=2).mean()
+        weight = self.objective_settings.expected_age_weight
+        if not weight:
+            return per_year + group_loss
+        years = torch.arange(log_years.shape[2], dtype=log_years.dtype, device=log_years.device)
+        expected_age_error = ((log_years.exp() * years).sum(dim=2) - ages.unsqueeze(1).float()).abs().mean()
+        return per_year + group_loss + weight * expected_age_error
 
     # -- steps -----------------------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
