@@ -23,6 +23,7 @@ setup(
     extras_require={
         "faces": ["opencv-python-headless>=4.8,<5"],  # OpenCV 5 ships no Haar face cascade
         "serve": ["litserve>=0.2.10", "python-multipart>=0.0.9"],
+        "onnx": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
         # httpx2: the HTTP client of Starlette's TestClient (the server's API tests)
         "test": ["pytest>=7.4", "import-linter>=2.13", "httpx2"],
     },
@@ -31,6 +32,7 @@ setup(
             "age-classifier-train=project.lit_classifier_main:cli_main",
             "age-classifier-predict=project.predict:main",
             "age-classifier-serve=project.serve.server:main",
+            "age-classifier-export=project.export:main",
         ]
     },
 )

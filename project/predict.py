@@ -31,7 +31,7 @@ from project.errors import (  # noqa: E402
 )
 from project.inference.drawing import annotate, save_image  # noqa: E402
 from project.inference.inputs import find_images, unique_names  # noqa: E402
-from project.inference.predictor import AgeGroupPredictor, Prediction  # noqa: E402
+from project.inference.predictor import BACKENDS, AgeGroupPredictor, Prediction  # noqa: E402
 from project.inference.writers import OUTPUT_SUFFIXES, format_table, write_output  # noqa: E402
 
 __all__ = ["AgeGroupPredictor", "Prediction", "main"]
@@ -49,7 +49,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER",
                         help="image files and/or folders (searched recursively)")
-    parser.add_argument("--ckpt", "--ckpt_path", dest="ckpt", required=True, help="checkpoint written by training")
+    parser.add_argument("--ckpt", "--ckpt_path", dest="ckpt", required=True,
+                        help="checkpoint written by training (or, with --backend onnx, an exported .onnx file)")
     parser.add_argument("--output", type=str, default=None, metavar="FILE",
                         help="also write the results to FILE, a .csv or .json")
     parser.add_argument("--annotate", type=str, default=None, metavar="DIR",
@@ -59,6 +60,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=32, help="images per forward pass")
     parser.add_argument("--accelerator", "--device", dest="accelerator", default="auto", choices=ACCELERATORS,
                         help="auto = the GPU when there is one")
+    parser.add_argument("--backend", default="torch", choices=BACKENDS,
+                        help="torch, or onnx: onnxruntime on the CPU, with a file from age-classifier-export (a "
+                             "checkpoint is exported in memory first); needs pip install -e .[onnx]")
     parser.add_argument("--debug", action="store_true", help=f"show full tracebacks (same as {DEBUG_ENV}=1)")
     return parser
 
@@ -69,6 +73,8 @@ def validate_args(args: argparse.Namespace) -> None:
         raise UserError(f"--batch_size must be at least 1 (got {args.batch_size})")
     if not Path(args.ckpt).expanduser().is_file():
         raise UserError(f"--ckpt {args.ckpt} does not exist; pass a .ckpt written by training")
+    if args.backend == "onnx" and args.accelerator in ("gpu", "cuda"):
+        raise UserError("--backend onnx runs on the CPU: use --accelerator cpu or auto")
     if args.output and Path(args.output).suffix.lower() not in OUTPUT_SUFFIXES:
         raise UserError(f"--output {args.output}: the file name must end in .csv or .json")
     if args.annotate and Path(args.annotate).exists() and not Path(args.annotate).is_dir():
@@ -84,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         from project.inference.faces import FaceDetector
 
         detector = FaceDetector()
-    predictor = AgeGroupPredictor.from_checkpoint(args.ckpt, device=args.accelerator)
+    predictor = AgeGroupPredictor.from_checkpoint(args.ckpt, device=args.accelerator, backend=args.backend)
     annotated_names = unique_names([name for _, name in inputs])
     predictions: List[Prediction] = []
     results = predictor.iter_results([path for path, _ in inputs], args.batch_size, detector)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from pathlib import Path
+from typing import TYPE_CHECKING, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -25,6 +26,9 @@ from project.errors import UserError
 from project.inference.faces import crop_face
 from project.models.checkpoint import TrainedNet, load_trained_net
 from project.transforms import ImageInput, build_transform, load_rgb_image
+
+if TYPE_CHECKING:
+    from project.inference.onnx_backend import OnnxNet
 
 
 @dataclass
@@ -99,30 +103,47 @@ def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
         yield items[start:start + size]
 
 
+#: How a predictor runs its model: ``torch`` (the trained network) or ``onnx`` (an exported graph, onnxruntime).
+BACKENDS = ("torch", "onnx")
+
+
 class AgeGroupPredictor:
     """Age-group predictions for arbitrary images with a trained network.
 
     Args:
-        model: a :class:`~project.models.checkpoint.TrainedNet` (the network and its calibration temperature).
-        device: where to run; ``None`` keeps the network where it is (used for plots right after training).
+        model: a :class:`~project.models.checkpoint.TrainedNet` (the network and its calibrations) or an
+            :class:`~project.inference.onnx_backend.OnnxNet` (an exported one): anything with ``predict(images)``,
+            ``image_size``, ``device`` and ``dtype``.
+        device: where to run a ``TrainedNet``; ``None`` keeps it where it is (used for plots right after training).
     """
 
-    def __init__(self, model: TrainedNet, device: Union[str, torch.device, None] = None) -> None:
+    def __init__(self, model: Union[TrainedNet, "OnnxNet"], device: Union[str, torch.device, None] = None) -> None:
         self.model = model
-        self.net = model.net.eval()
-        if device is not None:
-            self.net.to(resolve_device(device))
-        reference = next(self.net.heads.parameters())
-        self.device, self.dtype = reference.device, reference.dtype
-        self.image_size = self.net.settings.input.image_size
-        self.transform = build_transform(self.image_size)
+        if isinstance(model, TrainedNet):
+            model.net.eval()
+            if device is not None:
+                model.net.to(resolve_device(device))
+        self.transform = build_transform(model.image_size)
 
     @classmethod
-    def from_checkpoint(cls, path: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu"
-                        ) -> "AgeGroupPredictor":
-        """Load a checkpoint written by training (safely: ``weights_only``, nothing downloaded)."""
-        target = resolve_device(device)
-        return cls(load_trained_net(path, device=target))
+    def from_checkpoint(cls, path: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu",
+                        backend: str = "torch") -> "AgeGroupPredictor":
+        """Load a checkpoint written by training (safely: ``weights_only``, nothing downloaded).
+
+        ``backend="onnx"`` runs the model with onnxruntime on the CPU: ``path`` is then a file written by
+        ``age-classifier-export``, or a checkpoint, which is exported (in memory) first.
+        """
+        if backend not in BACKENDS:
+            raise UserError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        if backend == "torch":
+            if str(path).lower().endswith(".onnx"):
+                raise UserError(f"{path} is an exported ONNX model: use --backend onnx")
+            return cls(load_trained_net(path, device=resolve_device(device)))
+        from project.inference.onnx_backend import OnnxNet
+
+        if str(path).lower().endswith(".onnx"):
+            return cls(OnnxNet(path))
+        return cls(OnnxNet(export_to_bytes(load_trained_net(path))))
 
     # -- prediction ------------------------------------------------------------------------------------------
     def predict(self, images: Union[ImageInput, Iterable[ImageInput]], batch_size: int = 32,
@@ -157,7 +178,7 @@ class AgeGroupPredictor:
     def _predict(self, rgb_images: Sequence[Image.Image]) -> Tuple[np.ndarray, Optional[AgeEstimate]]:
         batch = torch.stack([self.transform(image) for image in rgb_images])
         with torch.inference_mode():
-            probabilities, ages = self.model.predict(batch.to(self.device, self.dtype))
+            probabilities, ages = self.model.predict(batch.to(self.model.device, self.model.dtype))
         return probabilities.cpu().numpy(), ages
 
     def _load(self, item: ImageInput, index: int, face_detector) -> Tuple[ImageResult, List[Optional[Image.Image]]]:
@@ -187,3 +208,13 @@ class AgeGroupPredictor:
                 prediction.age = float(ages.age[index])
                 if ages.low is not None:
                     prediction.age_interval = (float(ages.low[index]), float(ages.high[index]))
+
+
+def export_to_bytes(trained: TrainedNet) -> bytes:
+    """``trained`` exported to ONNX (``project.models.export``), in memory: for ``--backend onnx`` on a checkpoint."""
+    import tempfile
+
+    from project.models.export import export_onnx
+
+    with tempfile.TemporaryDirectory(prefix="age-classifier-export-") as folder:
+        return export_onnx(trained, Path(folder) / "model.onnx").read_bytes()

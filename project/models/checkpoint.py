@@ -128,6 +128,23 @@ class TrainedNet:
     #: how per-year outputs become an age and an interval (None: the network predicts groups only)
     age_calibration: Optional[AgeCalibration] = None
 
+    @property
+    def settings(self) -> NetSettings:
+        return self.net.settings
+
+    @property
+    def image_size(self) -> int:
+        """The side, in pixels, of the preprocessed images the network takes."""
+        return self.net.settings.input.image_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.heads.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.net.heads.parameters()).dtype
+
     def calibrated_logits(self, images: torch.Tensor) -> torch.Tensor:
         """Preprocessed images ``N x 3 x S x S`` -> calibrated group logits ``N x 5``."""
         return self.net(images) / self.temperature

@@ -47,18 +47,20 @@ class AgeGroupAPI(ls.LitAPI):
         checkpoint: a ``.ckpt`` written by training (loaded in each worker with ``weights_only``).
         detect_faces: find the faces first (OpenCV); without it the whole photo is one face.
         max_batch_size, batch_timeout: LitServe's dynamic batching (photos predicted together).
+        backend: ``torch`` or ``onnx`` (onnxruntime; ``checkpoint`` may then be an exported ``.onnx`` file).
     """
 
     def __init__(self, checkpoint: Union[str, Path], detect_faces: bool = True, max_batch_size: int = 8,
-                 batch_timeout: float = 0.05) -> None:
+                 batch_timeout: float = 0.05, backend: str = "torch") -> None:
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout)
         self.checkpoint = Path(checkpoint)
         self.detect_faces = detect_faces
+        self.backend = backend
         self.predictor: Optional[AgeGroupPredictor] = None
         self.detector = None
 
     def setup(self, device) -> None:
-        self.predictor = AgeGroupPredictor.from_checkpoint(self.checkpoint, device=device)
+        self.predictor = AgeGroupPredictor.from_checkpoint(self.checkpoint, device=device, backend=self.backend)
         if self.detect_faces:
             from project.inference.faces import FaceDetector
 
@@ -94,4 +96,4 @@ class AgeGroupAPI(ls.LitAPI):
 
     def model_summary(self) -> Dict:
         """What answers say about the model: its recipe and the project's version."""
-        return {"recipe": recipe_of(self.predictor.net.settings), "version": __version__}
+        return {"recipe": recipe_of(self.predictor.model.settings), "version": __version__}

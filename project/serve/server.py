@@ -21,6 +21,7 @@ from project import __version__
 from project.age_groups import GROUP_LABELS
 from project.devices import ACCELERATORS, device_type_for
 from project.errors import DEBUG_ENV, OneLineArgumentParser, UserError, exit_on_user_error
+from project.inference.predictor import BACKENDS
 from project.models.checkpoint import load_trained_net
 from project.recipes import recipe_of
 
@@ -30,22 +31,28 @@ STATIC_FILES = {"/": ("index.html", "text/html"), "/app.js": ("app.js", "text/ja
                 "/style.css": ("style.css", "text/css")}
 
 
-def model_info(checkpoint: Path) -> dict:
-    """``GET /info``'s model part: what the checkpoint is, read once in the server process."""
-    trained = load_trained_net(checkpoint)
-    settings = trained.net.settings
-    calibration = trained.age_calibration
+def model_info(checkpoint: Path, backend: str = "torch") -> dict:
+    """``GET /info``'s model part: what the checkpoint (or exported model) is, read once in the server process."""
+    if checkpoint.suffix.lower() == ".onnx":
+        from project.inference.onnx_backend import OnnxNet
+
+        model = OnnxNet(checkpoint)
+    else:
+        model = load_trained_net(checkpoint)
+    settings = model.settings
+    calibration = model.age_calibration
     return {
-        "recipe": recipe_of(settings), "version": __version__, "checkpoint": checkpoint.name,
+        "recipe": recipe_of(settings), "version": __version__, "checkpoint": checkpoint.name, "backend": backend,
         "classes": list(GROUP_LABELS), "input_size": settings.input.image_size,
         "mirror_views": settings.input.mirror, "heads": settings.ensemble_size,
-        "temperature": trained.temperature, "ages": calibration is not None,
+        "temperature": model.temperature, "ages": calibration is not None,
         "age_interval_level": calibration.level if calibration and calibration.scale is not None else None,
     }
 
 
 def build_server(checkpoint: Path, accelerator: str = "auto", workers_per_device: int = 1, max_batch_size: int = 8,
-                 batch_timeout: float = 0.05, detect_faces: bool = True, max_upload_mb: float = 20.0):
+                 batch_timeout: float = 0.05, detect_faces: bool = True, max_upload_mb: float = 20.0,
+                 backend: str = "torch"):
     """The LitServer: the API, the page's routes, and every error answered as ``{"error": ...}``."""
     import litserve as ls
     from fastapi import HTTPException, Request
@@ -54,9 +61,10 @@ def build_server(checkpoint: Path, accelerator: str = "auto", workers_per_device
     from project.serve.api import AgeGroupAPI, error_response
 
     api = AgeGroupAPI(checkpoint, detect_faces=detect_faces, max_batch_size=max_batch_size,
-                      batch_timeout=batch_timeout)
+                      batch_timeout=batch_timeout, backend=backend)
     server = ls.LitServer(api, accelerator="cuda" if device_type_for(accelerator) == "cuda" else "cpu",
-                          devices=1, workers_per_device=workers_per_device, model_metadata=model_info(checkpoint),
+                          devices=1, workers_per_device=workers_per_device,
+                          model_metadata=model_info(checkpoint, backend),
                           max_payload_size=int(max_upload_mb * 1024 * 1024))
 
     async def http_error(request: Request, err: HTTPException):
@@ -85,7 +93,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(prog=PROGRAM, description="Serve a trained checkpoint: a prediction API and a "
                                    "web page where a photo's faces get their age group and age.",
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--ckpt", "--ckpt_path", dest="ckpt", required=True, help="checkpoint written by training")
+    parser.add_argument("--ckpt", "--ckpt_path", dest="ckpt", required=True,
+                        help="checkpoint written by training (or, with --backend onnx, an exported .onnx file)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--accelerator", default="auto", choices=ACCELERATORS, help="auto = the GPU when there is one")
@@ -96,6 +105,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--detect_faces", action=argparse.BooleanOptionalAction, default=True,
                         help="find each face first (needs the faces extra); off: the whole photo is one face")
     parser.add_argument("--max_upload_mb", type=float, default=20.0, help="largest upload accepted, in MB")
+    parser.add_argument("--backend", default="torch", choices=BACKENDS,
+                        help="torch, or onnx: onnxruntime on the CPU (--ckpt may then be a file from "
+                             "age-classifier-export); needs pip install -e .[onnx]")
     parser.add_argument("--debug", action="store_true", help=f"show full tracebacks (same as {DEBUG_ENV}=1)")
     return parser
 
@@ -131,7 +143,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with exit_on_user_error(PROGRAM, debug=args.debug):
         checkpoint = check_args(args)
         server = build_server(checkpoint, args.accelerator, args.workers_per_device, args.max_batch_size,
-                              args.batch_timeout, args.detect_faces, args.max_upload_mb)
+                              args.batch_timeout, args.detect_faces, args.max_upload_mb, args.backend)
         print(f"{PROGRAM}: serving {checkpoint} at http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
         # LitServe shuts its worker and HTTP processes down on Ctrl-C; SIGTERM (docker stop, systemd, kill) would
         # end this process alone and leave them running, so it takes the same way out.
