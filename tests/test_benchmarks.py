@@ -48,3 +48,19 @@ def test_speed_benchmark_runs_on_a_tiny_set(utkface_dir, cache_dir, tmp_path):
     assert results["rows"][0]["precision"] == "32-true" and results["rows"][0]["raw_img_s"] > 0
     assert results["cached_epoch"]["batches"] == 2  # 50 training images, batch 32
     assert "img/s" in out.read_text()
+
+
+def test_serve_benchmark_builds_valid_requests(tmp_path):
+    """The load test's pieces (the server runs are measured by hand: README "Serving")."""
+    import io
+
+    from PIL import Image
+
+    serve = load("serve")
+    photo = serve.megapixel_photo(Image.new("RGB", (200, 200), (200, 150, 120)))
+    assert photo.size == (1000, 1000)
+    body = serve.multipart(serve.jpeg(photo))
+    assert body.startswith(f"--{serve.BOUNDARY}\r\n".encode()) and body.endswith(f"--{serve.BOUNDARY}--\r\n".encode())
+    start = body.index(b"\r\n\r\n") + 4
+    with Image.open(io.BytesIO(body[start:body.rindex(b"\r\n--")])) as decoded:
+        assert decoded.size == (1000, 1000)

@@ -64,7 +64,8 @@ class LitClassifier(pl.LightningModule):
     Args:
         net: the network (``project.models.net``); a new one has its pretrained backbone loaded already.
         optimizer: the optimizer over the heads' parameters (``project.settings.OptimizerSettings``).
-        objective: the per-year soft targets' width and whether to fit a temperature on validation.
+        objective: the per-year soft targets' width (and the expected-age term's weight) and whether to fit a
+            temperature on validation.
 
     Batches are dicts from ``project.data``: ``features`` (cached, ``N x V x C x H x W``) or ``images``
     (``N x V x 3 x S x S``), ``group`` and ``age``; the key says which, and ``V`` is the number of views of each
@@ -72,7 +73,9 @@ class LitClassifier(pl.LightningModule):
 
     With ``objective.calibrate``, a temperature is fitted on every validation pass (the one of the saved epoch goes
     into its checkpoint) and divides test and prediction logits, so probabilities match observed frequencies;
-    validation itself stays raw, and no prediction changes (:mod:`project.calibration`).
+    validation itself stays raw, and no prediction changes (:mod:`project.calibration`). A network with per-year
+    outputs also gets its age calibration (point estimate and interval) fitted there, and the test pass reports
+    errors in years and per slice (:mod:`project.age_report`).
     """
 
     def __init__(self, net: AgeNet, optimizer: OptimizerSettings, objective: ObjectiveSettings) -> None:
