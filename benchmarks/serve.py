@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from PIL import Image  # noqa: E402
 
-from project.inference.faces import FaceDetector  # noqa: E402
+from project.inference.detectors import make_face_detector  # noqa: E402
 from project.inference.predictor import AgeGroupPredictor  # noqa: E402
 
 BOUNDARY = "benchmarkboundary42"
@@ -141,7 +141,7 @@ def load(url: str, bodies: List[bytes], clients: int, requests: int, time_limit:
 def offline_rate(args, images: List[Image.Image]) -> float:
     """Images/s of the same model, detector and batch size in-process (after one warm-up batch)."""
     predictor = AgeGroupPredictor.from_checkpoint(args.ckpt, device="cpu")
-    detector = FaceDetector()
+    detector = make_face_detector()  # the server's default detector
     predictor.predict(images[: args.max_batch_size], batch_size=args.max_batch_size, face_detector=detector)
     began = time.perf_counter()
     predictor.predict(images, batch_size=args.max_batch_size, face_detector=detector)

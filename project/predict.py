@@ -29,6 +29,7 @@ from project.errors import (  # noqa: E402
     UserError,
     exit_on_user_error,
 )
+from project.inference.detectors import add_face_arguments, face_options_from  # noqa: E402
 from project.inference.drawing import annotate, save_image  # noqa: E402
 from project.inference.inputs import find_images, unique_names  # noqa: E402
 from project.inference.predictor import BACKENDS, AgeGroupPredictor, Prediction  # noqa: E402
@@ -56,7 +57,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--annotate", type=str, default=None, metavar="DIR",
                         help="write a copy of each image with its prediction drawn on it into DIR")
     parser.add_argument("--detect_faces", action="store_true",
-                        help="find faces (OpenCV Haar cascade, pip install -e .[faces]) and predict each one")
+                        help="find every face (pip install -e .[faces]), align it like UTKFace and predict each one")
+    add_face_arguments(parser)
     parser.add_argument("--batch_size", type=int, default=32, help="images per forward pass")
     parser.add_argument("--accelerator", "--device", dest="accelerator", default="auto", choices=ACCELERATORS,
                         help="auto = the GPU when there is one")
@@ -85,11 +87,7 @@ def run(args: argparse.Namespace) -> int:
     """Predict every input, print the table, write the outputs; 1 if nothing could be predicted."""
     validate_args(args)
     inputs = find_images(args.inputs)
-    detector = None
-    if args.detect_faces:
-        from project.inference.faces import FaceDetector
-
-        detector = FaceDetector()
+    detector = face_options_from(args).build() if args.detect_faces else None
     predictor = AgeGroupPredictor.from_checkpoint(args.ckpt, device=args.accelerator, backend=args.backend)
     annotated_names = unique_names([name for _, name in inputs])
     predictions: List[Prediction] = []

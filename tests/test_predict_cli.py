@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from helpers.paths import REPO
 from helpers.photos import IMAGE_MODES, utkface_faces
-from helpers.run_if import opencv_face_detector, real_data
+from helpers.run_if import face_detector, real_data
 from PIL import Image
 
 from project.age_groups import GROUP_LABELS
@@ -62,7 +62,7 @@ def test_cli_outputs_agree_with_the_api(predictor, checkpoint, photo_dir, tmp_pa
     assert code == 0 and len(records) == len(IMAGE_MODES) + 1
     for record in records:
         assert set(record) == {"source", "group", "group_index", "confidence", "probabilities", "face_box", "error",
-                               "age", "age_interval"}
+                               "age", "age_interval", "face_score", "landmarks"}
         if record["error"] is None:
             assert record["age"] == pytest.approx(api[Path(record["source"]).name].age)
             assert record["age_interval"][0] <= record["age"] <= record["age_interval"][1]
@@ -98,15 +98,16 @@ def test_runs_as_a_script_and_as_a_module(checkpoint, photo_dir, tmp_path):
     assert module.stderr.startswith("predict.py: error: --ckpt") and module.stderr.count("\n") == 1
 
 
-def test_missing_opencv_is_a_one_line_error(monkeypatch, checkpoint, photo_dir, capsys):
-    monkeypatch.setitem(sys.modules, "cv2", None)  # makes ``import cv2`` raise ImportError
-    code, _, err = run_cli(["--ckpt", checkpoint, photo_dir, "--detect_faces"], capsys)
+@pytest.mark.parametrize("module, detector", [("dlib", "hog"), ("cv2", "haar")])
+def test_a_missing_faces_extra_is_a_one_line_error(monkeypatch, checkpoint, photo_dir, capsys, module, detector):
+    monkeypatch.setitem(sys.modules, module, None)  # makes ``import dlib`` / ``import cv2`` raise ImportError
+    code, _, err = run_cli(["--ckpt", checkpoint, photo_dir, "--detect_faces", "--face_detector", detector], capsys)
     assert code == 2 and "pip install -e .[faces]" in err and err.count("\n") == 1
 
 
 @real_data
 def test_detect_faces_finds_each_face(checkpoint, tmp_path, capsys):
-    opencv_face_detector()
+    face_detector()
     first, second = utkface_faces(2)
     photo = Image.new("RGB", (700, 400), (90, 120, 150))  # two faces on a plain background, as in a group photo
     photo.paste(first, (60, 100))

@@ -18,7 +18,7 @@ from PIL import Image
 
 from helpers.paths import REPO
 from helpers.photos import png_bomb, two_face_photo
-from helpers.run_if import opencv_face_detector
+from helpers.run_if import face_detector
 
 litserve = pytest.importorskip("litserve", reason="the serve extra is not installed: pip install -e .[serve]")
 pytest.importorskip("httpx2", reason="the test extra's HTTP client is not installed")
@@ -81,6 +81,16 @@ def test_every_bad_request_gets_a_4xx_line_and_the_server_goes_on(client, send, 
     assert post(client, GOOD).status_code == 200
 
 
+def test_batching_off_answers_good_and_bad_requests(checkpoint):
+    """With ``max_batch_size=1`` LitServe hands ``predict`` one upload, not a list."""
+    server = build_server(checkpoint, accelerator="cpu", max_batch_size=1, detect_faces=False)
+    with wrap_litserve_start(server) as started, TestClient(started.app) as unbatched:
+        assert post(unbatched, b"not a photo").status_code == 415
+        response = post(unbatched, GOOD)
+        assert response.status_code == 200, response.text
+        assert len(response.json()["faces"]) == 1
+
+
 def test_health_info_and_the_page(client):
     assert client.get("/health").status_code == 200
     info = client.get("/info").json()["model"]
@@ -94,10 +104,11 @@ def test_health_info_and_the_page(client):
 
 def test_the_command_checks_its_flags_in_one_line(checkpoint, capsys, tmp_path):
     for argv, message in [(["--ckpt", str(tmp_path / "missing.ckpt")], "does not exist"),
-                          (["--ckpt", str(checkpoint), "--max_batch_size", "0"],
-                           "--max_batch_size must be at least 1")]:
+                          (["--ckpt", str(checkpoint), "--max_batch_size", "0", "--no-detect_faces"],
+                           "--max_batch_size must be at least 1"),
+                          (["--ckpt", str(checkpoint), "--min_face", "0"], "--min_face must be at least 1")]:
         with pytest.raises(SystemExit) as exit_info:
-            main(argv + ["--no-detect_faces"])
+            main(argv)
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and message in err and err.count("\n") == 1
 
@@ -122,7 +133,7 @@ def wait_for(url: str, process: subprocess.Popen, timeout: float = 120.0) -> byt
 
 @pytest.mark.slow
 def test_the_server_starts_from_a_checkpoint_answers_and_stops_on_sigterm(checkpoint, tmp_path):
-    opencv_face_detector()
+    face_detector()
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "project.serve", "--ckpt", str(checkpoint), "--port",
                                 str(port)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -136,6 +147,7 @@ def test_the_server_starts_from_a_checkpoint_answers_and_stops_on_sigterm(checkp
         with urllib.request.urlopen(request, timeout=60) as response:
             answer = json.loads(response.read())
         assert [face["box"][0] < 320 for face in answer["faces"]] == [True, False]  # both faces, left to right
+        assert all(face["score"] > 0 and len(face["landmarks"]) == 3 for face in answer["faces"])
     finally:
         code = stop(process)
     assert code == 0, process.stderr.read()[-3000:]

@@ -10,7 +10,7 @@ import pytest
 
 from helpers.browser import CHROMIUM_ARGS, chromium_path
 from helpers.photos import two_face_photo
-from helpers.run_if import opencv_face_detector
+from helpers.run_if import face_detector
 from test_serve import free_port, stop, wait_for
 
 pytestmark = pytest.mark.slow
@@ -25,7 +25,7 @@ LABEL = re.compile(r"^\d: (0-24|25-49|50-74|75-99|100-124) \u00b7 \d+ y \(\d+-\d
 
 @pytest.fixture(scope="module")
 def server_url(checkpoint, tmp_path_factory):
-    opencv_face_detector()
+    face_detector()
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "project.serve", "--ckpt", str(checkpoint), "--port",
                                 str(port)], cwd=tmp_path_factory.mktemp("serve"), stdout=subprocess.DEVNULL,

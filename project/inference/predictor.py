@@ -23,7 +23,6 @@ from project.age_groups import GROUP_LABELS
 from project.calibration import AgeEstimate
 from project.devices import resolve_device
 from project.errors import UserError
-from project.inference.faces import crop_face
 from project.models.checkpoint import TrainedNet, load_trained_net
 from project.transforms import ImageInput, build_transform, load_rgb_image
 
@@ -31,14 +30,20 @@ if TYPE_CHECKING:
     from project.inference.onnx_backend import OnnxNet
 
 
+#: the note of a photo in which the detector found no face (a row of its own, never a crash)
+NO_FACE = "no face detected (smaller than --min_face, turned away, or none there)"
+
+
 @dataclass
 class Prediction:
     """The prediction for one image (or one face of it with a face detector).
 
     ``error`` is set, and the prediction fields are empty, when the image could not be read (or had no face).
-    ``face_box`` is ``(x, y, w, h)`` of the detected face in the upright image. ``age`` (years) and
-    ``age_interval`` (``(low, high)``, holding the true age as often as the model's calibration level says, 80 %
-    by default) are set for models that learned ages (the default recipe); the notebook recipe's models give none.
+    ``face_box`` is ``(x, y, w, h)`` of the detected face's UTKFace-like crop in the upright image, ``face_score``
+    the detector's confidence and ``landmarks`` its left eye, right eye and nose ``(x, y)`` (dlib's detectors).
+    ``age`` (years) and ``age_interval`` (``(low, high)``, holding the true age as often as the model's calibration
+    level says, 80 % by default) are set for models that learned ages (the default recipe); the notebook recipe's
+    models give none.
     """
 
     source: str
@@ -50,6 +55,8 @@ class Prediction:
     error: Optional[str] = None
     age: Optional[float] = None
     age_interval: Optional[Tuple[float, float]] = None
+    face_score: Optional[float] = None
+    landmarks: Optional[List[Tuple[float, float]]] = None
 
     @property
     def ok(self) -> bool:
@@ -59,6 +66,7 @@ class Prediction:
         record = asdict(self)
         record["face_box"] = list(self.face_box) if self.face_box else None
         record["age_interval"] = list(self.age_interval) if self.age_interval else None
+        record["landmarks"] = [list(point) for point in self.landmarks] if self.landmarks else None
         return record
 
 
@@ -150,7 +158,8 @@ class AgeGroupPredictor:
                 face_detector=None) -> List[Prediction]:
         """Predict paths, PIL images or uint8 arrays (one or a list); unreadable files get ``error`` set.
 
-        With a :class:`project.inference.faces.FaceDetector`, every face found is predicted on its own.
+        With a face detector (:func:`project.inference.detectors.make_face_detector`), every face found is
+        predicted on its own, from its UTKFace-like chip.
         """
         return [p for result in self.iter_results(images, batch_size, face_detector) for p in result.predictions]
 
@@ -192,9 +201,10 @@ class AgeGroupPredictor:
             return ImageResult(name, image, [Prediction(name)]), [image]
         faces = face_detector.detect(image)
         if not faces:
-            return ImageResult(name, image, [Prediction(name, error="no face detected")]), [None]
-        predictions = [Prediction(name, face_box=face.as_tuple()) for face in faces]
-        return ImageResult(name, image, predictions), [crop_face(image, face) for face in faces]
+            return ImageResult(name, image, [Prediction(name, error=NO_FACE)]), [None]
+        predictions = [Prediction(name, face_box=face.box, face_score=face.score, landmarks=face.landmarks)
+                       for face in faces]
+        return ImageResult(name, image, predictions), [face.chip for face in faces]
 
     def _fill(self, batch: Sequence[Tuple[Prediction, Image.Image]]) -> None:
         probabilities, ages = self._predict([crop for _, crop in batch])

@@ -14,7 +14,7 @@ from project.inference.predictor import Prediction
 #: ``--output`` file types
 OUTPUT_SUFFIXES = (".csv", ".json")
 #: One row per prediction: the face box as four columns, one probability column per group.
-CSV_COLUMNS = (["source", "face_x", "face_y", "face_w", "face_h", "group", "group_index", "confidence"]
+CSV_COLUMNS = (["source", "face_x", "face_y", "face_w", "face_h", "face_score", "group", "group_index", "confidence"]
                + [f"p_{label}" for label in GROUP_LABELS] + ["age", "age_low", "age_high", "error"])
 
 
@@ -23,7 +23,9 @@ def csv_row(prediction: Prediction) -> Dict:
     box = prediction.face_box or (None,) * 4
     confidence = None if prediction.confidence is None else round(prediction.confidence, 6)
     low, high = prediction.age_interval or (None, None)
+    score = None if prediction.face_score is None else round(prediction.face_score, 3)
     row = {"source": prediction.source, "face_x": box[0], "face_y": box[1], "face_w": box[2], "face_h": box[3],
+           "face_score": score,
            "group": prediction.group, "group_index": prediction.group_index, "confidence": confidence,
            "age": _years(prediction.age), "age_low": _years(low), "age_high": _years(high), "error": prediction.error}
     row.update({f"p_{label}": round(p, 6) for label, p in prediction.probabilities.items()})

@@ -159,6 +159,22 @@ class TrainedNet:
         return probabilities, self.age_calibration.estimate(years.cpu())
 
 
+@dataclass(frozen=True)
+class CheckpointSummary:
+    """What a checkpoint is, read without building its network (fast: for a server's ``/info``)."""
+
+    settings: NetSettings
+    temperature: float
+    age_calibration: Optional[AgeCalibration]
+
+
+def read_summary(path: Union[str, os.PathLike]) -> CheckpointSummary:
+    """The settings, temperature and age calibration of a checkpoint (see :func:`read_checkpoint`)."""
+    checkpoint = read_checkpoint(path)
+    return CheckpointSummary(saved_settings(checkpoint["hyper_parameters"]).net, float(checkpoint[TEMPERATURE_KEY]),
+                             age_calibration_of(checkpoint))
+
+
 def load_trained_net(path: Union[str, os.PathLike], device: Optional[torch.device] = None) -> TrainedNet:
     """The network (on ``device``, in eval mode) and temperature of a checkpoint (see :func:`read_checkpoint`)."""
     checkpoint = read_checkpoint(path)

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 
 from project import __version__
+from project.inference.detectors import FaceOptions
 from project.inference.predictor import AgeGroupPredictor, ImageResult, Prediction
 from project.recipes import recipe_of
 from project.serve.uploads import Rejected, read_upload
@@ -32,6 +33,8 @@ def face_record(prediction: Prediction) -> Dict:
     """One face of the answer (see README, "Serve it")."""
     return {
         "box": list(prediction.face_box) if prediction.face_box else None,
+        "score": prediction.face_score,
+        "landmarks": [list(point) for point in prediction.landmarks] if prediction.landmarks else None,
         "group": prediction.group,
         "confidence": prediction.confidence,
         "probabilities": prediction.probabilities,
@@ -45,26 +48,25 @@ class AgeGroupAPI(ls.LitAPI):
 
     Args:
         checkpoint: a ``.ckpt`` written by training (loaded in each worker with ``weights_only``).
-        detect_faces: find the faces first (OpenCV); without it the whole photo is one face.
+        faces: how to find the faces (:class:`~project.inference.detectors.FaceOptions`); ``None``: the whole
+            photo is one face.
         max_batch_size, batch_timeout: LitServe's dynamic batching (photos predicted together).
         backend: ``torch`` or ``onnx`` (onnxruntime; ``checkpoint`` may then be an exported ``.onnx`` file).
     """
 
-    def __init__(self, checkpoint: Union[str, Path], detect_faces: bool = True, max_batch_size: int = 8,
-                 batch_timeout: float = 0.05, backend: str = "torch") -> None:
+    def __init__(self, checkpoint: Union[str, Path], faces: Optional[FaceOptions] = FaceOptions(),
+                 max_batch_size: int = 8, batch_timeout: float = 0.05, backend: str = "torch") -> None:
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout)
         self.checkpoint = Path(checkpoint)
-        self.detect_faces = detect_faces
+        self.faces = faces
         self.backend = backend
         self.predictor: Optional[AgeGroupPredictor] = None
         self.detector = None
 
     def setup(self, device) -> None:
         self.predictor = AgeGroupPredictor.from_checkpoint(self.checkpoint, device=device, backend=self.backend)
-        if self.detect_faces:
-            from project.inference.faces import FaceDetector
-
-            self.detector = FaceDetector()
+        if self.faces is not None:
+            self.detector = self.faces.build()
 
     def decode_request(self, request) -> Union[Image.Image, Rejected]:
         return read_upload(request)
@@ -72,7 +74,14 @@ class AgeGroupAPI(ls.LitAPI):
     def batch(self, inputs: Sequence) -> List:
         return list(inputs)
 
-    def predict(self, inputs: Sequence[Union[Image.Image, Rejected]]) -> List[Union[ImageResult, Rejected]]:
+    def predict(self, inputs):
+        """Results for a batch of uploads (a list), or for one upload when batching is off (``max_batch_size=1``:
+        LitServe then passes the item itself, and never calls :meth:`batch`)."""
+        if self.max_batch_size == 1:
+            return self.predict_batch([inputs])[0]
+        return self.predict_batch(inputs)
+
+    def predict_batch(self, inputs: Sequence[Union[Image.Image, Rejected]]) -> List[Union[ImageResult, Rejected]]:
         images = [item for item in inputs if not isinstance(item, Rejected)]
         results = iter(self.predictor.iter_results(images, batch_size=max(1, len(images)),
                                                    face_detector=self.detector) if images else ())

@@ -21,8 +21,9 @@ from project import __version__
 from project.age_groups import GROUP_LABELS
 from project.devices import ACCELERATORS, device_type_for
 from project.errors import DEBUG_ENV, OneLineArgumentParser, UserError, exit_on_user_error
+from project.inference.detectors import FaceOptions, add_face_arguments, face_options_from
 from project.inference.predictor import BACKENDS
-from project.models.checkpoint import load_trained_net
+from project.models.checkpoint import read_summary
 from project.recipes import recipe_of
 
 PROGRAM = "age-classifier-serve"
@@ -38,7 +39,7 @@ def model_info(checkpoint: Path, backend: str = "torch") -> dict:
 
         model = OnnxNet(checkpoint)
     else:
-        model = load_trained_net(checkpoint)
+        model = read_summary(checkpoint)  # settings only: the workers build the network
     settings = model.settings
     calibration = model.age_calibration
     return {
@@ -52,7 +53,7 @@ def model_info(checkpoint: Path, backend: str = "torch") -> dict:
 
 def build_server(checkpoint: Path, accelerator: str = "auto", workers_per_device: int = 1, max_batch_size: int = 8,
                  batch_timeout: float = 0.05, detect_faces: bool = True, max_upload_mb: float = 20.0,
-                 backend: str = "torch"):
+                 backend: str = "torch", face_options: Optional[FaceOptions] = None):
     """The LitServer: the API, the page's routes, and every error answered as ``{"error": ...}``."""
     import litserve as ls
     from fastapi import HTTPException, Request
@@ -60,8 +61,9 @@ def build_server(checkpoint: Path, accelerator: str = "auto", workers_per_device
 
     from project.serve.api import AgeGroupAPI, error_response
 
-    api = AgeGroupAPI(checkpoint, detect_faces=detect_faces, max_batch_size=max_batch_size,
-                      batch_timeout=batch_timeout, backend=backend)
+    faces = (face_options or FaceOptions()) if detect_faces else None
+    api = AgeGroupAPI(checkpoint, faces=faces, max_batch_size=max_batch_size, batch_timeout=batch_timeout,
+                      backend=backend)
     server = ls.LitServer(api, accelerator="cuda" if device_type_for(accelerator) == "cuda" else "cpu",
                           devices=1, workers_per_device=workers_per_device,
                           model_metadata=model_info(checkpoint, backend),
@@ -104,6 +106,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="seconds to wait for more photos to fill a batch")
     parser.add_argument("--detect_faces", action=argparse.BooleanOptionalAction, default=True,
                         help="find each face first (needs the faces extra); off: the whole photo is one face")
+    add_face_arguments(parser)
     parser.add_argument("--max_upload_mb", type=float, default=20.0, help="largest upload accepted, in MB")
     parser.add_argument("--backend", default="torch", choices=BACKENDS,
                         help="torch, or onnx: onnxruntime on the CPU (--ckpt may then be a file from "
@@ -127,9 +130,7 @@ def check_args(args: argparse.Namespace) -> Path:
     if args.batch_timeout < 0 or not args.max_upload_mb > 0 or not 0 < args.port < 65536:
         raise UserError("--batch_timeout cannot be negative, --max_upload_mb must be positive and --port 1-65535")
     if args.detect_faces:
-        from project.inference.faces import FaceDetector
-
-        FaceDetector()  # the faces extra is there (else a one-line error naming it)
+        face_options_from(args).check()  # the faces extra is there (else a one-line error naming it)
     return checkpoint
 
 
@@ -143,7 +144,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with exit_on_user_error(PROGRAM, debug=args.debug):
         checkpoint = check_args(args)
         server = build_server(checkpoint, args.accelerator, args.workers_per_device, args.max_batch_size,
-                              args.batch_timeout, args.detect_faces, args.max_upload_mb, args.backend)
+                              args.batch_timeout, args.detect_faces, args.max_upload_mb, args.backend,
+                              face_options_from(args))
         print(f"{PROGRAM}: serving {checkpoint} at http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
         # LitServe shuts its worker and HTTP processes down on Ctrl-C; SIGTERM (docker stop, systemd, kill) would
         # end this process alone and leave them running, so it takes the same way out.

@@ -1,4 +1,5 @@
-"""Photos of every file format and PIL mode, and real UTKFace faces read into memory only."""
+"""Photos of every file format and PIL mode, real UTKFace faces read into memory only, and a real public-domain face
+from scikit-image for the face-detection tests."""
 
 from __future__ import annotations
 
@@ -59,32 +60,33 @@ def utkface_faces(count: int) -> List[Image.Image]:
     return faces
 
 
-def drawn_face(size: int = 200, skin=(224, 172, 140)) -> Image.Image:
-    """A simple drawn face (oval, hair, brows, eyes, nose, mouth) that OpenCV's face detector finds: photos with
-    faces for tests that cannot rely on real face images being present."""
-    from PIL import ImageDraw, ImageFilter
+#: the square around the face in scikit-image's ``astronaut`` (a public-domain NASA portrait in the wheel)
+ASTRONAUT_HEAD = (145, 45, 305, 205)
 
-    image = Image.new("RGB", (size, size), (70, 90, 110))
-    draw = ImageDraw.Draw(image)
-    s = size / 200
-    draw.ellipse([30 * s, 15 * s, 170 * s, 195 * s], fill=skin)
-    draw.ellipse([25 * s, 5 * s, 175 * s, 70 * s], fill=(60, 40, 30))  # hair
-    draw.ellipse([35 * s, 40 * s, 165 * s, 190 * s], fill=skin)
-    for centre in (70, 130):
-        draw.rectangle([(centre - 22) * s, 72 * s, (centre + 22) * s, 80 * s], fill=(80, 55, 40))  # brow
-        draw.ellipse([(centre - 16) * s, 88 * s, (centre + 16) * s, 106 * s], fill=(255, 255, 255))
-        draw.ellipse([(centre - 8) * s, 89 * s, (centre + 8) * s, 105 * s], fill=(40, 30, 25))  # iris
-    draw.polygon([(100 * s, 100 * s), (88 * s, 140 * s), (112 * s, 140 * s)], fill=(200, 145, 115))  # nose
-    draw.ellipse([78 * s, 150 * s, 122 * s, 168 * s], fill=(160, 70, 70))  # mouth
-    return image.filter(ImageFilter.GaussianBlur(2 * s))
+
+def real_face(side: int = 160, angle: float = 0.0, mirrored: bool = False) -> Image.Image:
+    """A real face: the astronaut's head, ``side`` pixels square, turned ``angle`` degrees counter-clockwise
+    (corners filled with grey). Skips the test without scikit-image (the test extra installs it)."""
+    import pytest
+
+    data = pytest.importorskip("skimage.data", reason="scikit-image (test extra) is not installed")
+    head = Image.fromarray(data.astronaut()).crop(ASTRONAUT_HEAD).resize((side, side), Image.LANCZOS)
+    if mirrored:
+        head = head.transpose(Image.FLIP_LEFT_RIGHT)
+    return head.rotate(angle, resample=Image.BICUBIC, fillcolor=(128, 128, 128)) if angle else head
+
+
+def photo_with_faces(faces, size=(640, 360), background=(150, 160, 170)) -> Image.Image:
+    """A photo of ``size`` with each ``(face image, (x, y))`` pasted at its place."""
+    photo = Image.new("RGB", size, background)
+    for face, place in faces:
+        photo.paste(face, place)
+    return photo
 
 
 def two_face_photo() -> Image.Image:
-    """A 640x360 photo with two drawn faces, at (40, 90) 180 px and (420, 60) 140 px."""
-    photo = Image.new("RGB", (640, 360), (150, 160, 170))
-    photo.paste(drawn_face(180), (40, 90))
-    photo.paste(drawn_face(140, (190, 140, 110)), (420, 60))
-    return photo
+    """A 640x360 photo with two real faces, at (40, 90) 180 px and (420, 60) 140 px (mirrored)."""
+    return photo_with_faces([(real_face(180), (40, 90)), (real_face(140, mirrored=True), (420, 60))])
 
 
 def png_bomb(side: int = 30000) -> bytes:

@@ -9,13 +9,13 @@ real_data = pytest.mark.skipif(not (REAL_ARCHIVE.is_file() and REAL_WEIGHTS.is_f
                                reason="../shared UTKFace archive or VGG16 weights not present")
 
 
-def opencv_face_detector():
-    """OpenCV's Haar face detector, or skip (no OpenCV, or OpenCV 5 without the cascades)."""
-    pytest.importorskip("cv2")
+def face_detector(name: str = "hog", **options):
+    """The face detector ``name`` (dlib's by default, ``haar`` for OpenCV's), or skip when the faces extra is
+    missing (no dlib or its models, no OpenCV, or OpenCV 5 without the cascades)."""
     from project.errors import UserError
-    from project.inference.faces import FaceDetector
+    from project.inference.detectors import make_face_detector
 
     try:
-        return FaceDetector()
+        return make_face_detector(name, **options)
     except UserError as err:
         pytest.skip(str(err))

@@ -1,0 +1,79 @@
+"""Faces cut out the way UTKFace cut its chips: eyes level, at the same scale and position.
+
+UTKFace's "aligned & cropped" chips are 200x200 pixels with the eyes level at fixed places. A face found in a photo is
+rotated so its eyes are level and scaled and cropped so its eyes land where UTKFace's do, so the model sees what it
+learned on. The template was measured on 1,000 real UTKFace chips (977 with one face found) with dlib's HOG detector
+and 5-point landmark model (``benchmarks/utkface_eyes.py``: median eye centres, as fractions of the chip's side;
+the chips' own eyes are level to within 1.1 degrees, median).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Tuple
+
+from PIL import Image
+
+#: the side of a UTKFace chip; aligned crops have this size and then go through the one preprocessing path
+CHIP_SIDE = 200
+#: median centres of the eye on the image's left and on its right in UTKFace chips (x, y as fractions of the side)
+TEMPLATE_LEFT_EYE = (0.295, 0.305)
+TEMPLATE_RIGHT_EYE = (0.685, 0.305)
+#: what the chip shows outside the photo (a face at the photo's edge): mid grey
+FILL = (128, 128, 128)
+
+Point = Tuple[float, float]
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """Where a chip lies in the photo: its centre, its side (photo pixels) and its rotation (degrees, counter-
+    clockwise in the picture; 0 when the eyes were already level)."""
+
+    centre: Point
+    side: float
+    angle: float
+
+    def box(self) -> Tuple[int, int, int, int]:
+        """The chip's square, unrotated, as ``(x, y, w, h)`` in photo pixels (what is drawn and reported)."""
+        x, y = self.centre
+        return (round(x - self.side / 2), round(y - self.side / 2), round(self.side), round(self.side))
+
+
+def align(left_eye: Point, right_eye: Point) -> Alignment:
+    """The chip of the face whose eye centres are ``left_eye`` and ``right_eye`` (photo pixels; left = the eye on
+    the photo's left)."""
+    dx, dy = right_eye[0] - left_eye[0], right_eye[1] - left_eye[1]
+    angle = math.atan2(dy, dx)
+    template_distance = (TEMPLATE_RIGHT_EYE[0] - TEMPLATE_LEFT_EYE[0]) * CHIP_SIDE
+    pixels_per_chip_pixel = math.hypot(dx, dy) / template_distance
+    # the chip's centre relative to its left eye, in chip pixels, turned and scaled into the photo
+    ux = (0.5 - TEMPLATE_LEFT_EYE[0]) * CHIP_SIDE * pixels_per_chip_pixel
+    uy = (0.5 - TEMPLATE_LEFT_EYE[1]) * CHIP_SIDE * pixels_per_chip_pixel
+    cos, sin = math.cos(angle), math.sin(angle)
+    centre = (left_eye[0] + cos * ux - sin * uy, left_eye[1] + sin * ux + cos * uy)
+    return Alignment(centre, CHIP_SIDE * pixels_per_chip_pixel, math.degrees(angle))
+
+
+def cut_chip(image: Image.Image, alignment: Alignment) -> Image.Image:
+    """The ``CHIP_SIDE`` square chip of ``alignment`` from ``image``: eyes level, UTKFace's scale and position."""
+    scale = alignment.side / CHIP_SIDE  # photo pixels per chip pixel
+    shrink = int(scale)
+    if shrink >= 2:  # a large face: shrink its neighbourhood first (box filter), so the chip does not alias
+        reach = alignment.side * 0.75  # more than half the chip's diagonal: every pixel a turned chip can use
+        x, y = alignment.centre
+        left, top = max(0, math.floor(x - reach)), max(0, math.floor(y - reach))
+        right, bottom = min(image.width, math.ceil(x + reach)), min(image.height, math.ceil(y + reach))
+        image = image.crop((left, top, right, bottom)).reduce(shrink)
+        alignment = Alignment(((x - left) / shrink, (y - top) / shrink), alignment.side / shrink, alignment.angle)
+        scale = alignment.side / CHIP_SIDE
+    angle = math.radians(alignment.angle)
+    cos, sin = math.cos(angle) * scale, math.sin(angle) * scale
+    half = CHIP_SIDE / 2
+    # PIL maps each chip pixel (u, v) to the photo pixel (a u + b v + c, d u + e v + f)
+    a, b, d, e = cos, -sin, sin, cos
+    c = alignment.centre[0] - a * half - b * half
+    f = alignment.centre[1] - d * half - e * half
+    return image.transform((CHIP_SIDE, CHIP_SIDE), Image.AFFINE, (a, b, c, d, e, f), resample=Image.BICUBIC,
+                           fillcolor=FILL)

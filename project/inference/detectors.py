@@ -1,0 +1,69 @@
+"""The face detector of ``--face_detector``: dlib's HOG (default) or CNN detector, or OpenCV's Haar cascade.
+
+One home for the face options of every command (``predict``, the server, the benchmarks): :class:`FaceOptions`,
+its flags (:func:`add_face_arguments`) and :func:`make_face_detector`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from project.errors import UserError
+from project.inference.faces import DEFAULT_FACE_DETECTOR, DEFAULT_MIN_FACE, FACE_DETECTORS
+
+
+@dataclass(frozen=True)
+class FaceOptions:
+    """Which detector finds faces, the smallest face it keeps (chip side, photo pixels) and its score threshold."""
+
+    detector: str = DEFAULT_FACE_DETECTOR
+    min_face: int = DEFAULT_MIN_FACE
+    threshold: float = 0.0
+
+    def build(self):
+        return make_face_detector(self.detector, self.min_face, self.threshold)
+
+    def check(self) -> None:
+        """Raise :class:`UserError` now if :meth:`build` would (a bad option, the faces extra missing), without
+        loading the detector's models: a server checks its flags before its workers build the detector."""
+        make_face_detector(self.detector, self.min_face, self.threshold, load=False)
+
+
+def make_face_detector(detector: str = DEFAULT_FACE_DETECTOR, min_face: int = DEFAULT_MIN_FACE,
+                       threshold: float = 0.0, load: bool = True):
+    """The face detector named ``detector`` (see :data:`FACE_DETECTORS`). Raises :class:`UserError` with the
+    install command when its packages are missing, or for a bad option. ``load=False`` only checks that it could
+    be built (its packages and model files are there) and returns ``None``."""
+    if detector not in FACE_DETECTORS:
+        raise UserError(f"unknown face detector {detector!r}: choose one of {', '.join(FACE_DETECTORS)}")
+    if min_face < 1:
+        raise UserError(f"--min_face must be at least 1 pixel (got {min_face})")
+    if detector == "haar":
+        from project.inference.haar import HaarFaceDetector
+
+        haar = HaarFaceDetector(min_face=min_face, threshold=threshold)  # cheap: one small XML file
+        return haar if load else None
+    from project.inference.dlib_faces import DlibFaceDetector, import_dlib, model_folder
+
+    if not load:
+        import_dlib()
+        model_folder()
+        return None
+    return DlibFaceDetector(model=detector, min_face=min_face, threshold=threshold)
+
+
+def add_face_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--face_detector``, ``--min_face`` and ``--face_threshold``, the same for every command."""
+    parser.add_argument("--face_detector", default=DEFAULT_FACE_DETECTOR, choices=FACE_DETECTORS,
+                        help="hog: dlib's HOG detector with eye alignment; cnn: dlib's CNN detector (finds a few more "
+                             "faces, ~40x slower on a CPU); haar: OpenCV's Haar cascade (no alignment)")
+    parser.add_argument("--min_face", type=int, default=DEFAULT_MIN_FACE,
+                        help="smallest face kept: the side of its UTKFace-like crop, in photo pixels")
+    parser.add_argument("--face_threshold", type=float, default=0.0,
+                        help="detector score a face needs (dlib's scale, 0 = its default; higher = fewer, surer "
+                             "faces; haar: neighbours needed, 0 = 5)")
+
+
+def face_options_from(args: argparse.Namespace) -> FaceOptions:
+    return FaceOptions(args.face_detector, args.min_face, args.face_threshold)
