@@ -51,6 +51,18 @@ def test_inference_needs_neither_lightning_nor_a_weights_source(tmp_path):
     assert result.stdout.split() == ["torch.Size([1,", "5])", "0.8", "False"]
 
 
+def test_a_loaded_net_is_the_trained_one_and_owns_its_weights(tmp_path):
+    model = tiny_model(DEFAULT).eval()
+    path = save(model, tmp_path / "model.ckpt")
+    trained = load_trained_net(path)  # built on the meta device, weights assigned from the checkpoint
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(images)
+        assert torch.equal(trained.calibrated_logits(images), expected)
+        path.write_bytes(b"\0" * path.stat().st_size)  # the file rewritten in place (a run saving last.ckpt again)
+        assert torch.equal(trained.calibrated_logits(images), expected)
+
+
 def test_unsafe_or_broken_checkpoints_are_one_line_errors(tmp_path):
     target = tmp_path / "created_by_pickle.txt"
     evil = tmp_path / "evil.ckpt"
