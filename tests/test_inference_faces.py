@@ -14,6 +14,7 @@ from PIL import Image, ImageDraw
 from project.errors import UserError
 from project.inference.alignment import CHIP_SIDE, TEMPLATE_LEFT_EYE, TEMPLATE_RIGHT_EYE, align, cut_chip
 from project.inference.detectors import make_face_detector
+from project.inference.dlib_faces import CHIP_PER_BOX, SMALLEST_BOX
 from project.inference.faces import FaceBox
 from project.inference.haar import HaarFaceDetector, face_crop_box
 from project.inference.predictor import NO_FACE
@@ -139,3 +140,14 @@ def test_the_haar_crop_adds_a_margin_and_stays_inside_the_image():
     assert crop == FaceBox(80, 80, 90, 90)
     corner = face_crop_box(FaceBox(0, 0, 50, 50), (60, 60), margin=0.4, shift_down=0.0)
     assert (corner.x, corner.y) == (0, 0) and corner.x + corner.w <= 60 and corner.y + corner.h <= 60
+
+
+def test_boxes_are_in_the_photos_pixels_when_it_is_scanned_unscaled():
+    detector = face_detector()
+    photo = photo_with_faces([(real_face(160), (100, 60))], size=(400, 300))
+    # a minimum face that asks for a 3 % larger scan: close enough to 1 that the photo is scanned as it is
+    detector.min_face = round(SMALLEST_BOX["hog"] * CHIP_PER_BOX["hog"] / 1.03)
+    assert detector.scan_scale(photo.size) == pytest.approx(1.03, abs=0.01)
+    unscaled = detector.boxes(photo)
+    detector.min_face = round(SMALLEST_BOX["hog"] * CHIP_PER_BOX["hog"])  # exactly scale 1
+    assert unscaled == detector.boxes(photo)

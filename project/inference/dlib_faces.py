@@ -88,8 +88,11 @@ class DlibFaceDetector:
     def boxes(self, image: Image.Image) -> List[Tuple[Tuple[float, float, float, float], float]]:
         """dlib's face boxes ``(left, top, right, bottom)`` in photo pixels, with their scores."""
         scale = self.scan_scale(image.size)
-        scanned = image if abs(scale - 1) < 0.05 else image.resize(
-            (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BILINEAR)
+        if abs(scale - 1) < 0.05:  # not worth a resize: scan the photo itself, so its boxes need no rescaling
+            scale, scanned = 1.0, image
+        else:
+            scanned = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                                   Image.BILINEAR)
         pixels = np.asarray(scanned)
         if self.model == "cnn":
             found = [(d.rect, d.confidence) for d in self._cnn(pixels, 0)]
