@@ -24,9 +24,9 @@ import torch
 from project.data.sources import KINDS
 from project.devices import ACCELERATORS, NO_GPU_MESSAGE, device_type_for
 from project.errors import (
-    DEBUG_ENV,
     OneLineArgumentParser,
     UserError,
+    add_debug_argument,
     exit_on_user_error,
 )
 from project.models.backbone import MIN_IMAGE_SIZE
@@ -122,7 +122,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     command.add_argument("--resume", action="store_true",
                          help="continue the latest run in DEFAULT_ROOT_DIR (or --ckpt_path) from its last.ckpt")
     command.add_argument("--metrics_json", type=str, default=None, help="with --test_only: also write metrics here")
-    command.add_argument("--debug", action="store_true", help=f"show full tracebacks (same as {DEBUG_ENV}=1)")
+    add_debug_argument(command)
     return parser
 
 

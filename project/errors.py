@@ -27,6 +27,11 @@ def first_line(err: BaseException, limit: int = 200) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0][:limit]
 
 
+def add_debug_argument(parser) -> None:
+    """``--debug``, the same in every command: full tracebacks instead of one line (as ``AGE_CLASSIFIER_DEBUG=1``)."""
+    parser.add_argument("--debug", action="store_true", help=f"show full tracebacks (same as {DEBUG_ENV}=1)")
+
+
 def debug_enabled() -> bool:
     """True when the user asked for full tracebacks."""
     return os.environ.get(DEBUG_ENV, "").strip() not in ("", "0", "false", "False")

@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from project.data.datasets import ImageDataset  # noqa: E402
 from project.data.sources import resolve_data_dir, scan_source  # noqa: E402
 from project.data.split import load_split  # noqa: E402
-from project.errors import DEBUG_ENV, OneLineArgumentParser, UserError, exit_on_user_error  # noqa: E402
+from project.errors import OneLineArgumentParser, UserError, add_debug_argument, exit_on_user_error  # noqa: E402
 from project.models.checkpoint import load_trained_net  # noqa: E402
 from project.settings import default_cache_dir  # noqa: E402
 
@@ -76,7 +76,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data_dir", default=None, help="check on the test split of the checkpoint's run")
     parser.add_argument("--split_file", default=None, help="the run's split.json (default: beside the checkpoint)")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted probability difference")
-    parser.add_argument("--debug", action="store_true", help=f"show full tracebacks (same as {DEBUG_ENV}=1)")
+    add_debug_argument(parser)
     return parser
 
 

@@ -24,15 +24,15 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from project.devices import ACCELERATORS  # noqa: E402
 from project.errors import (  # noqa: E402
-    DEBUG_ENV,
     OneLineArgumentParser,
     UserError,
+    add_debug_argument,
     exit_on_user_error,
 )
 from project.inference.detectors import add_face_arguments, face_options_from  # noqa: E402
 from project.inference.drawing import annotate, save_image  # noqa: E402
 from project.inference.inputs import find_images, unique_names  # noqa: E402
-from project.inference.predictor import BACKENDS, AgeGroupPredictor, Prediction  # noqa: E402
+from project.inference.predictor import AgeGroupPredictor, Prediction, add_backend_argument  # noqa: E402
 from project.inference.writers import OUTPUT_SUFFIXES, format_table, write_output  # noqa: E402
 
 __all__ = ["AgeGroupPredictor", "Prediction", "main"]
@@ -62,10 +62,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=32, help="images per forward pass")
     parser.add_argument("--accelerator", "--device", dest="accelerator", default="auto", choices=ACCELERATORS,
                         help="auto = the GPU when there is one")
-    parser.add_argument("--backend", default="torch", choices=BACKENDS,
-                        help="torch, or onnx: onnxruntime on the CPU, with a file from age-classifier-export (a "
-                             "checkpoint is exported in memory first); needs pip install -e .[onnx]")
-    parser.add_argument("--debug", action="store_true", help=f"show full tracebacks (same as {DEBUG_ENV}=1)")
+    add_backend_argument(parser)
+    add_debug_argument(parser)
     return parser
 
 

@@ -115,6 +115,13 @@ def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
 BACKENDS = ("torch", "onnx")
 
 
+def add_backend_argument(parser) -> None:
+    """``--backend``, the same for the predict command and the server."""
+    parser.add_argument("--backend", default="torch", choices=BACKENDS,
+                        help="torch, or onnx: onnxruntime on the CPU, with a file from age-classifier-export (a "
+                             "checkpoint is exported in memory first); needs pip install -e .[onnx]")
+
+
 class AgeGroupPredictor:
     """Age-group predictions for arbitrary images with a trained network.
 

@@ -20,9 +20,9 @@ from typing import Optional, Sequence
 from project import __version__
 from project.age_groups import GROUP_LABELS
 from project.devices import ACCELERATORS, device_type_for
-from project.errors import DEBUG_ENV, OneLineArgumentParser, UserError, exit_on_user_error
+from project.errors import OneLineArgumentParser, UserError, add_debug_argument, exit_on_user_error
 from project.inference.detectors import FaceOptions, add_face_arguments, face_options_from
-from project.inference.predictor import BACKENDS
+from project.inference.predictor import add_backend_argument
 from project.models.checkpoint import read_summary
 from project.recipes import recipe_of
 
@@ -108,10 +108,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="find each face first (needs the faces extra); off: the whole photo is one face")
     add_face_arguments(parser)
     parser.add_argument("--max_upload_mb", type=float, default=20.0, help="largest upload accepted, in MB")
-    parser.add_argument("--backend", default="torch", choices=BACKENDS,
-                        help="torch, or onnx: onnxruntime on the CPU (--ckpt may then be a file from "
-                             "age-classifier-export); needs pip install -e .[onnx]")
-    parser.add_argument("--debug", action="store_true", help=f"show full tracebacks (same as {DEBUG_ENV}=1)")
+    add_backend_argument(parser)
+    add_debug_argument(parser)
     return parser
 
 
