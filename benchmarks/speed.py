@@ -2,12 +2,15 @@
 
 Measures, in one run on one machine:
 
-1. raw VGG16 conv-base throughput (synthetic tensors, inference mode, channels_last) in fp32 and - where the CPU or
-   GPU runs it natively - bf16 autocast;
+1. raw VGG16 conv-base throughput (synthetic tensors, inference mode, channels_last), cut where ``--recipe`` cuts it
+   (block 4 for ``default``, block 5 for ``notebook``), in fp32 and - where the CPU or GPU runs it natively - bf16
+   autocast (``--precisions`` picks others), with the GFLOP/s it reaches (multiply-adds counted from the layers);
 2. the cache-building pipeline on real images (JPEG decoding in DataLoader workers + the same forward pass), as
    img/s and as a fraction of (1);
-3. one cached training epoch (+ validation) of the notebook head at batch 32 on the full data set;
-4. the seed-style cost: the backbone on every image every epoch, from the measured time of a few uncached steps.
+3. one cached training epoch (+ validation) of the recipe's head on the full data set;
+4. the seed-style cost: the backbone on every image every epoch, from the measured time of a few uncached steps;
+5. with ``--checkpoint``: warm latency of one photo (preprocessing + both views + heads, batch 1) through the
+   predictor, per ``--backends``.
 
 Prints a Markdown table (and writes it to ``--out``). Example, on the 2-core CPU with the shared files:
 
@@ -39,7 +42,7 @@ from project.data.scan import scan_utkface  # noqa: E402
 from project.models.backbone import build_backbone  # noqa: E402
 from project.models.net import AgeNet  # noqa: E402
 from project.precision import autocast_dtype, native_precision  # noqa: E402
-from project.recipes import NOTEBOOK  # noqa: E402
+from project.recipes import RECIPES  # noqa: E402
 from project.settings import DataSettings, default_cache_dir  # noqa: E402
 from project.training.callbacks import FastTrainingAllocator  # noqa: E402
 from project.training.module import LitClassifier  # noqa: E402
@@ -61,13 +64,32 @@ def machine_name(device: torch.device) -> str:
     return f"{model}, {torch.get_num_threads()} threads, {flags}"
 
 
+def conv_gmacs(backbone: torch.nn.Module, image_size: int) -> float:
+    """Multiply-adds (G) of one image through the backbone's convolutions, counted while it runs on a dummy image."""
+    total = 0
+
+    def count(module, _inputs, output):
+        nonlocal total
+        total += output.numel() * module.in_channels * module.kernel_size[0] * module.kernel_size[1] // module.groups
+
+    hooks = [m.register_forward_hook(count) for m in backbone.modules() if isinstance(m, torch.nn.Conv2d)]
+    try:
+        with torch.inference_mode():
+            backbone(torch.zeros(1, 3, image_size, image_size, device=next(backbone.parameters()).device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total / 1e9
+
+
 def raw_throughput(backbone, device, precision: str, batch_size: int, batches: int, image_size: int) -> float:
     """img/s of the conv base alone on random input (no decoding, no copies to disk)."""
     backbone = backbone.to(device)
     images = torch.randn(batch_size, 3, image_size, image_size, device=device)
     dtype = autocast_dtype(precision)
     with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        backbone(images)  # warm-up: oneDNN / cuDNN pick their kernels
+        for _ in range(2 if device.type == "cuda" else 1):
+            backbone(images)  # warm-up: oneDNN / cuDNN pick their kernels
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -109,9 +131,10 @@ class EpochTimer(Callback):
 def epoch_times(args, device, precision: str, cached: bool, limit_batches=None):
     """(train epoch s, val s, train batches) of the real head training, cached or backbone-every-step."""
     pl.seed_everything(0, verbose=False)
-    net = AgeNet(replace(NOTEBOOK.net, input=replace(NOTEBOOK.net.input, image_size=args.image_size)),
-                 build_backbone(args.backbone_weights))
-    model = LitClassifier(net, NOTEBOOK.optimizer, NOTEBOOK.objective)
+    recipe = RECIPES[args.recipe]
+    net = AgeNet(replace(recipe.net, input=replace(recipe.net.input, image_size=args.image_size)),
+                 build_backbone(args.backbone_weights, recipe.net.input.feature_layer))
+    model = LitClassifier(net, recipe.optimizer, recipe.objective)
     data = DataSettings(data_dir=Path(args.data_dir), cache_dir=Path(args.cache_dir), batch_size=args.batch_size,
                         seed=42, num_workers=args.num_workers, split_file=None, strict_data=False,
                         feature_cache=cached)
@@ -127,12 +150,42 @@ def epoch_times(args, device, precision: str, cached: bool, limit_batches=None):
     return timer.train[0], (timer.val[0] if timer.val else None), batches, full_batches
 
 
+def predict_latency(checkpoint: str, device: torch.device, backend: str, image, repeats: int) -> dict:
+    """Median and best wall time (ms) of one photo through the predictor, after warm-up calls."""
+    from project.inference.predictor import AgeGroupPredictor
+
+    predictor = AgeGroupPredictor.from_checkpoint(checkpoint, device=device if backend == "torch" else "cpu",
+                                                  backend=backend)
+    for _ in range(3):
+        predictor.predict(image, batch_size=1)
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        predictor.predict(image, batch_size=1)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1000)
+    times.sort()
+    return {"backend": backend, "device": str(device) if backend == "torch" else "cpu",
+            "median_ms": times[len(times) // 2], "best_ms": times[0], "repeats": repeats}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data_dir", required=True)
     parser.add_argument("--backbone_weights", default="imagenet")
     parser.add_argument("--image_size", type=int, default=224)
-    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--recipe", default="default", choices=sorted(RECIPES),
+                        help="whose backbone cut, head and batch size are measured")
+    parser.add_argument("--batch_size", type=int, default=None, help="training / extraction batch (recipe's)")
+    parser.add_argument("--raw_batch_size", type=int, default=16, help="batch of the raw throughput")
+    parser.add_argument("--precisions", nargs="*", default=None,
+                        help="feature precisions to measure (default: 32-true and the device's native one)")
+    parser.add_argument("--checkpoint", default=None, help="a trained checkpoint: also time one-photo prediction")
+    parser.add_argument("--backends", nargs="*", default=["torch"], choices=("torch", "onnx"))
+    parser.add_argument("--latency_repeats", type=int, default=20)
     parser.add_argument("--num_workers", type=int, default=2)
     parser.add_argument("--cache_dir", default=str(default_cache_dir()))
     parser.add_argument("--raw_batches", type=int, default=6, help="timed batches of 16 for the raw throughput")
@@ -142,21 +195,29 @@ def main(argv=None) -> int:
     parser.add_argument("--skip", nargs="*", default=[], choices=("raw", "pipeline", "cached", "uncached"))
     parser.add_argument("--out", default=None, help="also write the results (JSON next to it) here")
     args = parser.parse_args(argv)
+    if args.batch_size is None:
+        args.batch_size = RECIPES[args.recipe].batch_size
 
     use_cuda = args.accelerator == "gpu" or (args.accelerator == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if use_cuda else "cpu")
     best = native_precision(device.type)
-    precisions = ["32-true"] + ([best] if best != "32-true" else [])
-    backbone = build_backbone(args.backbone_weights)
+    precisions = args.precisions or ["32-true"] + ([best] if best != "32-true" else [])
+    layer = RECIPES[args.recipe].net.input.feature_layer
+    backbone = build_backbone(args.backbone_weights, layer)
+    gmacs = conv_gmacs(backbone, args.image_size)
     root = resolve_data_dir(args.data_dir, Path(args.cache_dir))
     items = scan_utkface(root).items
-    results = {"machine": machine_name(device), "torch": torch.__version__, "images": len(items), "rows": []}
-    print(f"# {results['machine']} | torch {torch.__version__} | {len(items)} images", flush=True)
+    results = {"machine": machine_name(device), "torch": torch.__version__, "images": len(items), "layer": layer,
+               "gmacs_per_image": gmacs, "rows": []}
+    print(f"# {results['machine']} | torch {torch.__version__} | {len(items)} images | {layer}: {gmacs:.2f} GMAC "
+          f"per {args.image_size} px image", flush=True)
 
     for precision in precisions:
         row = {"precision": precision}
         if "raw" not in args.skip:
-            row["raw_img_s"] = raw_throughput(backbone, device, precision, 16, args.raw_batches, args.image_size)
+            row["raw_img_s"] = raw_throughput(backbone, device, precision, args.raw_batch_size, args.raw_batches,
+                                              args.image_size)
+            row["raw_gflop_s"] = row["raw_img_s"] * 2 * gmacs
         if "pipeline" not in args.skip:
             subset = items[:: max(1, len(items) // args.pipeline_images)][: args.pipeline_images]
             row["pipeline_img_s"] = pipeline_throughput(backbone, device, precision, root, subset, args.image_size,
@@ -176,14 +237,25 @@ def main(argv=None) -> int:
         results["uncached_epoch"] = {"precision": best, "seconds_per_batch": per_batch, "timed_batches": batches,
                                      "estimated_train_epoch_s": per_batch * full}
         print(json.dumps(results["uncached_epoch"]), flush=True)
+    if args.checkpoint:
+        from PIL import Image
 
+        photo = Image.open(root / items[0].relpath).convert("RGB")
+        results["latency"] = [predict_latency(args.checkpoint, device, backend, photo, args.latency_repeats)
+                              for backend in args.backends]
+        for latency in results["latency"]:
+            print(json.dumps(latency), flush=True)
+
+    measured = [row for row in results["rows"] if len(row) > 1]
     lines = [f"Machine: {results['machine']}; torch {results['torch']}; {results['images']} images at "
-             f"{args.image_size} px.", "",
-             "| precision | raw conv base (img/s) | cache build, real JPEGs (img/s) | build / raw |",
-             "|---|---|---|---|"]
-    for row in results["rows"]:
+             f"{args.image_size} px; recipe {args.recipe} ({layer}: {gmacs:.2f} GMAC = {2 * gmacs:.1f} GFLOP "
+             f"per image).", ""]
+    if measured:
+        lines += [f"| precision | raw conv base, batch {args.raw_batch_size} (img/s) | GFLOP/s | cache build, real "
+                  f"JPEGs, batch {args.batch_size} (img/s) | build / raw |", "|---|---|---|---|---|"]
+    for row in measured:
         lines.append(f"| {row['precision']} | {row.get('raw_img_s', float('nan')):.1f} | "
-                     f"{row.get('pipeline_img_s', float('nan')):.1f} | "
+                     f"{row.get('raw_gflop_s', float('nan')):.0f} | {row.get('pipeline_img_s', float('nan')):.1f} | "
                      f"{row.get('pipeline_fraction', float('nan')):.0%} |")
     if "cached_epoch" in results:
         c = results["cached_epoch"]
@@ -193,6 +265,10 @@ def main(argv=None) -> int:
         u = results["uncached_epoch"]
         lines.append(f"Backbone every step ({u['precision']}): {u['seconds_per_batch']:.2f} s per batch of "
                      f"{args.batch_size} -> about {u['estimated_train_epoch_s'] / 60:.0f} min per training epoch.")
+    for latency in results.get("latency", []):
+        lines.append(f"One photo through the predictor ({latency['backend']} on {latency['device']}, warm, batch 1): "
+                     f"median {latency['median_ms']:.1f} ms, best {latency['best_ms']:.1f} ms of "
+                     f"{latency['repeats']}.")
     table = "\n".join(lines)
     print("\n" + table)
     if args.out:

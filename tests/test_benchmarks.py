@@ -37,17 +37,21 @@ def test_accuracy_metrics_from_a_confusion_matrix():
     assert "calibration_error" not in accuracy.markdown("notebook", [run, calibrated], [0, 1])  # only if all have it
 
 
-def test_speed_benchmark_runs_on_a_tiny_set(utkface_dir, cache_dir, tmp_path):
+def test_speed_benchmark_runs_on_a_tiny_set(utkface_dir, cache_dir, tmp_path, checkpoint):
     speed = load("speed")
     out = tmp_path / "speed.md"
     assert speed.main(["--data_dir", str(utkface_dir), "--backbone_weights", "none", "--image_size", "32",
                        "--cache_dir", str(cache_dir), "--num_workers", "0", "--raw_batches", "1",
                        "--pipeline_images", "20", "--uncached_batches", "2", "--accelerator", "cpu",
-                       "--out", str(out)]) == 0
+                       "--checkpoint", str(checkpoint), "--latency_repeats", "2", "--out", str(out)]) == 0
     results = json.loads(out.with_suffix(".json").read_text())
     assert results["rows"][0]["precision"] == "32-true" and results["rows"][0]["raw_img_s"] > 0
-    assert results["cached_epoch"]["batches"] == 2  # 50 training images, batch 32
-    assert "img/s" in out.read_text()
+    # the default recipe's cut: VGG16 up to block 4 has 13.96 GMAC at 224 px, (32/224)^2 of that at 32 px
+    assert results["layer"] == "block4" and results["gmacs_per_image"] == pytest.approx(13.959 * (32 / 224) ** 2,
+                                                                                        rel=1e-3)
+    assert results["cached_epoch"]["batches"] == 1  # 50 training images, the recipe's batch of 64
+    assert results["latency"][0]["backend"] == "torch" and results["latency"][0]["median_ms"] > 0
+    assert "img/s" in out.read_text() and "One photo through the predictor" in out.read_text()
 
 
 def test_serve_benchmark_builds_valid_requests(tmp_path):

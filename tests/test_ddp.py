@@ -42,10 +42,15 @@ def test_two_process_ddp_fit_matches_single_process_test(flags, runs, tmp_path, 
     assert [(r["slice"], r["value"], r["count"], r["accuracy"]) for r in single["slices"]] == [
         (r["slice"], r["value"], r["count"], r["accuracy"]) for r in ddp["slices"]]
 
-    # The caches the two processes built (one wrote each, the other waited) equal single-process builds: the
-    # default recipe's two, of the faces and of their mirror images.
+    # The caches the two processes built together (each extracted its own block of rows) equal single-process
+    # builds byte for byte: the default recipe's two, of the faces and of their mirror images.
     built = sorted((cache_dir / "features").glob("*.npy"))
     assert len(built) == 2
+    for path in built:
+        stats = json.loads(path.with_suffix(".json").read_text())["stats"]
+        assert stats["processes"] == 2 and stats["images"] == 60
+        assert [(s["rows"], s["images"]) for s in stats["shards"]] == [([0, 32], 32), ([32, 60], 28)]
+    assert not list((cache_dir / "features").glob("*.progress*")) and not list(cache_dir.glob("features/.shared-*"))
     model = LitClassifier.load_from_checkpoint(ddp["checkpoint"])
     items = scan_utkface(utkface_dir).items
     builder = FeatureCacheBuilder(model.net.backbone, "32-true", tmp_path / "single_cache", num_workers=0,

@@ -9,7 +9,7 @@ from helpers.models import random_backbone
 from helpers.synthetic import write_undecodable_jpeg
 
 from project.data.datasets import ImageDataset
-from project.data.feature_cache import FeatureCacheBuilder
+from project.data.feature_cache import FeatureCacheBuilder, Shard, shard_rows
 from project.data.scan import scan_utkface
 
 
@@ -124,3 +124,18 @@ def test_a_cache_holds_one_stored_view(utkface_dir, cache_dir):
     with pytest.raises(ValueError, match="one of the views"):
         make_builder(random_backbone(), cache_dir).build(utkface_dir, scan_utkface(utkface_dir).items, 32,
                                                              "both")
+
+
+@pytest.mark.parametrize("rows,count,batch", [(60, 2, 8), (60, 2, 32), (23707, 8, 64), (5, 4, 8), (0, 3, 8)])
+def test_shard_blocks_cover_every_row_once_on_batch_boundaries(rows, count, batch):
+    blocks = shard_rows(rows, count, batch)
+    assert len(blocks) == count and blocks[0][0] == 0 and blocks[-1][1] == rows
+    assert all(end == next_start for (_, end), (next_start, _) in zip(blocks, blocks[1:]))
+    assert all(start % batch == 0 or start == rows for start, _ in blocks)
+    sizes = [end - start for start, end in blocks]
+    assert max(sizes) - min(sizes) <= batch or rows < batch * count  # as equal as whole batches allow
+
+
+def test_a_shard_must_exist():
+    with pytest.raises(ValueError, match="shard 2 of 2"):
+        Shard(2, 2)

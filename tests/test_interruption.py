@@ -100,6 +100,54 @@ def test_sigkill_during_feature_extraction_resumes(tmp_path):
     assert np.array_equal(np.asarray(resumed.array), np.asarray(fresh.array))
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def shard_processes(data, cache, kill_rank=None, kill_after=1):
+    """Both processes of a two-process sharded build (``tests/helpers/shard_build.py``), finished."""
+    port = free_port()
+    processes = [subprocess.Popen([sys.executable, "tests/helpers/shard_build.py", str(rank), "2", str(port),
+                                   str(data), str(cache)] + ([str(kill_after)] if rank == kill_rank else []),
+                                  cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for rank in range(2)]
+    try:
+        return [(p.wait(timeout=180), *p.communicate()) for p in processes]
+    finally:
+        for process in processes:
+            process.kill()
+
+
+def test_two_processes_share_a_build_and_a_killed_one_resumes_its_block(utkface_dir, tmp_path):
+    """kill -9 of one of two processes building one cache: the rerun computes only the missing rows, and the file
+    is byte-identical to a one-process build."""
+    cache = tmp_path / "cache"
+    results = shard_processes(utkface_dir, cache, kill_rank=1, kill_after=2)
+    assert results[1][0] == -9
+    assert results[0][0] != 0  # the other process does not finish a build alone
+    assert not list(cache.glob("vgg16-features-*[0-9a-f].npy"))  # no final file
+    # 60 images, batches of 8: blocks 0:32 and 32:60; the killed process recorded its first two batches
+    assert json.loads(next(cache.glob("*.progress-32-60.json")).read_text())["rows_done"] == 48
+
+    results = shard_processes(utkface_dir, cache)
+    assert [code for code, _, _ in results] == [0, 0], results[0][2][-2000:] + results[1][2][-2000:]
+    stats = [json.loads(out) for _, out, _ in results]
+    assert stats[1]["images"] == 12  # the killed block resumed at row 48
+    meta = json.loads(next(cache.glob("vgg16-features-*.json")).read_text())
+    assert meta["stats"]["processes"] == 2 and [s["rows"] for s in meta["stats"]["shards"]] == [[0, 32], [32, 60]]
+    assert not list(cache.glob("*.progress*")) and not list(cache.glob("*.partial.npy"))
+
+    items = scan_utkface(utkface_dir).items
+    alone = FeatureCacheBuilder(seeded_backbone(), "32-true", tmp_path / "alone", batch_size=8, num_workers=0,
+                                progress=False).build(utkface_dir, items, 32)
+    shared = np.load(next(cache.glob("vgg16-features-*[0-9a-f].npy")))
+    assert shared.tobytes() == np.asarray(alone.array).tobytes()
+
+
 def test_sigkill_during_archive_extraction_is_redone(tmp_path):
     source = tmp_path / "src" / "UTKFace"
     write_synthetic_utkface(source, per_group=20, size=24)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -17,7 +18,7 @@ from project.data.datasets import (
     batch_is_ready,
     find_undecodable,
 )
-from project.data.feature_cache import FeatureCache, FeatureCacheBuilder
+from project.data.feature_cache import FeatureCache, FeatureCacheBuilder, Shard
 from project.data.samplers import EpochShuffleSampler, evaluation_sampler
 from project.data.scan import UNDECODABLE_REASON, FaceItem, ScanResult
 from project.data.sources import resolve_data_dir, scan_source
@@ -91,11 +92,38 @@ class UTKFaceDataModule(pl.LightningDataModule):
         (the cache build decodes every image once, so broken files are found here, before any training)."""
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         views = ("original", "mirrored") if self.input.mirror else ("original",)
+        shard = self._extraction_shard()
         excluded: set = set()
         for view in views:
-            self.caches[view] = self.features.build(self.root, self.scan.items, self.input.image_size, view, device)
+            self.caches[view] = self.features.build(self.root, self.scan.items, self.input.image_size, view, device,
+                                                    shard)
             excluded |= set(self.caches[view].undecodable_rows)
         return excluded
+
+    def _extraction_shard(self) -> Optional[Shard]:
+        """Under DDP, every process extracts its own share of the features: all processes of the job when they
+        see one cache folder (a shared file system), else the processes of each node, each node its own copy."""
+        trainer = self.trainer
+        if trainer is None or trainer.world_size == 1:
+            return None
+        strategy = self.trainer.strategy
+        if self._cache_dir_is_shared(strategy):
+            return Shard(trainer.global_rank, trainer.world_size, strategy.barrier)
+        return Shard(trainer.local_rank, trainer.num_devices, strategy.barrier)
+
+    def _cache_dir_is_shared(self, strategy) -> bool:
+        """Whether every process sees a file that the first process writes into the cache folder."""
+        folder = self.features.cache_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".shared-{strategy.broadcast(uuid.uuid4().hex)}"
+        if strategy.global_rank == 0:
+            probe.touch()
+        strategy.barrier()
+        shared = strategy.reduce_boolean_decision(probe.exists(), all=True)
+        strategy.barrier()
+        if strategy.global_rank == 0:
+            probe.unlink()
+        return shared
 
     def _make_dataset(self, name: str) -> Dataset:
         indices = self.split.indices[name]

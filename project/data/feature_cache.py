@@ -8,7 +8,13 @@ image) and the dtype. A different input gives a different key, so a stale or for
 
 Crash safety: rows are written into ``*.partial.npy`` and a progress file records how many rows are flushed; a
 killed build resumes from there, and only a complete file is renamed to its final name. A file lock makes
-concurrent processes (DDP ranks, two runs) wait for one builder instead of writing the same file twice.
+concurrent runs wait for one builder instead of writing the same file twice.
+
+Sharing the work (DDP): with a :class:`Shard`, each of ``count`` processes extracts its own contiguous block of rows
+into the same partial file, with its own progress file, so any process killed resumes its block. The blocks start
+on multiples of the batch size, so every batch holds the same images as in a one-process build and the finished
+file is byte-identical to one. The shard's leader holds the lock, creates the partial file and, after a barrier
+that all processes pass once their block is written, renames it.
 
 The encoder is given (any ``nn.Module`` with ``cache_identity()`` and ``feature_shape(image_size)``, such as
 ``project.models.backbone.FrozenVGG16Features``): this module knows images and files, not models.
@@ -22,7 +28,9 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -47,6 +55,39 @@ _STORAGE = {
     "16-mixed": ("float16", np.float16),
 }
 _FLUSH_EVERY_S = 20.0
+
+
+def _no_barrier() -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's part of a build that ``count`` processes share (see the module docstring).
+
+    ``barrier`` must block until every process of the shard has called it (a DDP strategy's ``barrier``).
+    """
+
+    index: int = 0
+    count: int = 1
+    barrier: Callable[[], None] = _no_barrier
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise ValueError(f"shard {self.index} of {self.count} does not exist")
+
+    @property
+    def leader(self) -> bool:
+        """The process that locks, creates and finishes the file."""
+        return self.index == 0
+
+
+def shard_rows(rows: int, count: int, batch_size: int) -> List[Tuple[int, int]]:
+    """``count`` contiguous ``(start, end)`` blocks of ``rows`` rows, starting on multiples of ``batch_size``
+    (so each block's batches are the one-process build's batches) and as equal as whole batches allow."""
+    batches = -(-rows // batch_size)
+    bounds = [min(rows, batches * i // count * batch_size) for i in range(count + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 class FeatureCache:
@@ -117,7 +158,7 @@ class FeatureCacheBuilder:
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20], identity
 
     def paths(self, key: str) -> Dict[str, Path]:
-        """The cache file, its metadata, the partial file and progress record of a build, and the lock."""
+        """The cache file, its metadata, the partial file and progress record of a one-process build, and the lock."""
         stem = self.cache_dir / f"vgg16-features-{key}"
         return {
             "final": stem.with_suffix(".npy"),
@@ -127,31 +168,90 @@ class FeatureCacheBuilder:
             "lock": Path(f"{stem}.lock"),
         }
 
+    @staticmethod
+    def progress_path(paths: Dict[str, Path], start: int, end: int, rows: int) -> Path:
+        """The progress record of the block ``start:end`` (the whole file's is ``paths["progress"]``)."""
+        if (start, end) == (0, rows):
+            return paths["progress"]
+        return paths["progress"].with_name(paths["progress"].name.replace(".progress.", f".progress-{start}-{end}."))
+
     # -- build / open ----------------------------------------------------------------------------------------
     def build(self, root: Path, items: Sequence[FaceItem], image_size: int, view: str = "original",
-              device: torch.device = torch.device("cpu")) -> FeatureCache:
-        """Open the cache of ``view`` of ``items`` at ``image_size``, computing whatever is missing first."""
+              device: torch.device = torch.device("cpu"), shard: Optional[Shard] = None) -> FeatureCache:
+        """Open the cache of ``view`` of ``items`` at ``image_size``, computing whatever is missing first.
+
+        With ``shard``, this process computes only its block of rows; every process of the shard must call this
+        with the same arguments, and all return the same finished cache.
+        """
+        shard = shard or Shard()
         relpaths = [item.relpath for item in items]
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         key, identity = self.identity(root, relpaths, image_size, view)
         paths = self.paths(key)
         shape = (len(relpaths),) + tuple(self.encoder.feature_shape(image_size))
         dtype_name, np_dtype = _STORAGE[self.precision]
-        with FileLock(paths["lock"]):
-            cache = self._open_if_complete(paths, shape, np.dtype(np_dtype), dtype_name)
-            if cache is not None:
-                log.info("Using cached features %s", paths["final"])
-                return cache
-            undecodable = self._extract(root, items, image_size, view, paths, shape, np.dtype(np_dtype), device)
-            write_json_atomic(paths["meta"], {
-                "key": key, "shape": list(shape), "dtype": dtype_name, "image_size": image_size,
-                "precision": self.precision, "preprocessing": PREPROCESSING_VERSION,
-                "mirrored": view == "mirrored", "identity": identity, "undecodable_rows": undecodable,
-                "stats": self.last_build_stats,
-            })
-            os.replace(paths["partial"], paths["final"])
-            paths["progress"].unlink(missing_ok=True)
-            return FeatureCache(paths["final"], dtype_name, undecodable)
+        dtype = np.dtype(np_dtype)
+        self.last_build_stats = None
+        # The leader holds the lock for the whole build, so another run waits for the finished file; the other
+        # processes of the shard follow the leader through the barriers.
+        with FileLock(paths["lock"]) if shard.leader else nullcontext():
+            cache = self._open_if_complete(paths, shape, dtype, dtype_name) if shard.leader else None
+            if cache is None and shard.leader:
+                self._prepare_partial(paths, shape, dtype)
+            shard.barrier()
+            if not paths["final"].exists():
+                start, end = shard_rows(shape[0], shard.count, self.batch_size)[shard.index]
+                self._extract(root, items, image_size, view, paths, shape, dtype, device, start, end)
+            shard.barrier()
+            if shard.leader and not paths["final"].exists():
+                self._finish(paths, shape, shard.count, {
+                    "key": key, "shape": list(shape), "dtype": dtype_name, "image_size": image_size,
+                    "precision": self.precision, "preprocessing": PREPROCESSING_VERSION,
+                    "mirrored": view == "mirrored", "identity": identity})
+            shard.barrier()
+        if cache is not None:
+            log.info("Using cached features %s", paths["final"])
+            return cache
+        return FeatureCache(paths["final"], dtype_name, json.loads(paths["meta"].read_text())["undecodable_rows"])
+
+    def _prepare_partial(self, paths: Dict[str, Path], shape: tuple, dtype: np.dtype) -> None:
+        """Keep a partial file of this shape and dtype (a killed build's rows), or start a new one."""
+        try:
+            header = np.load(paths["partial"], mmap_mode="r")
+            if header.shape == shape and header.dtype == dtype:
+                return
+        except (OSError, ValueError):
+            pass
+        for stale in self._progress_files(paths):
+            stale.unlink()
+        np.lib.format.open_memmap(paths["partial"], mode="w+", dtype=dtype, shape=shape).flush()
+
+    @staticmethod
+    def _progress_files(paths: Dict[str, Path]) -> List[Path]:
+        stem = paths["progress"].name[:-len(".progress.json")]
+        return sorted(paths["progress"].parent.glob(f"{stem}.progress*.json"))
+
+    def _finish(self, paths: Dict[str, Path], shape: tuple, count: int, meta: dict) -> None:
+        """Write the metadata of the complete partial file (undecodable rows and timings of every block) and
+        give it its final name."""
+        undecodable: List[int] = []
+        shards = []
+        for start, end in shard_rows(shape[0], count, self.batch_size):
+            record = json.loads(self.progress_path(paths, start, end, shape[0]).read_text())
+            if record["rows_done"] != end:
+                raise RuntimeError(f"feature block {start}:{end} stopped at row {record['rows_done']}")
+            undecodable += record["undecodable_rows"]
+            shards.append({"rows": [start, end], **record.get("stats", {})})
+        extracted = sum(shard.get("images", 0) for shard in shards)
+        seconds = max(shard.get("seconds", 0.0) for shard in shards)
+        stats = {"images": extracted, "seconds": seconds, "processes": count, "precision": self.precision,
+                 "images_per_second": round(extracted / seconds, 2) if seconds > 0 else None}
+        if count > 1:
+            stats["shards"] = shards
+        write_json_atomic(paths["meta"], {**meta, "undecodable_rows": sorted(undecodable), "stats": stats})
+        os.replace(paths["partial"], paths["final"])
+        for record in self._progress_files(paths):
+            record.unlink()
 
     @staticmethod
     def _open_if_complete(paths: Dict[str, Path], shape: tuple, dtype: np.dtype, dtype_name: str
@@ -174,44 +274,49 @@ class FeatureCacheBuilder:
         return cache
 
     @staticmethod
-    def _resume_point(paths: Dict[str, Path], shape: tuple, dtype: np.dtype) -> Tuple[int, List[int]]:
-        """Rows already flushed by a killed build of the same key and the undecodable rows among them."""
+    def _resume_point(progress: Path, start: int, end: int) -> Tuple[int, List[int]]:
+        """The row where a killed build of block ``start:end`` stopped and the undecodable rows before it."""
         try:
-            progress = json.loads(paths["progress"].read_text())
-            done, undecodable = int(progress["rows_done"]), list(progress["undecodable_rows"])
-            header = np.load(paths["partial"], mmap_mode="r")
-            if header.shape == shape and header.dtype == dtype and 0 <= done <= shape[0]:
+            record = json.loads(progress.read_text())
+            done, undecodable = int(record["rows_done"]), [int(row) for row in record["undecodable_rows"]]
+            if int(record.get("start", 0)) == start and start <= done <= end:
                 return done, undecodable
         except (OSError, ValueError, KeyError, TypeError):
             pass
-        return 0, []
+        return start, []
 
     def _extract(self, root: Path, items: Sequence[FaceItem], image_size: int, view: str, paths: Dict[str, Path],
-                 shape: tuple, dtype: np.dtype, device: torch.device) -> List[int]:
-        """Fill the partial file from where a previous build stopped; returns the undecodable rows."""
+                 shape: tuple, dtype: np.dtype, device: torch.device, start: int, end: int) -> None:
+        """Fill rows ``start:end`` of the partial file from where a previous build stopped; record the block's
+        undecodable rows and timing in its progress file."""
         from tqdm.auto import tqdm
 
-        start, undecodable = self._resume_point(paths, shape, dtype)
-        if start:
-            out = np.lib.format.open_memmap(paths["partial"], mode="r+")
-            log.warning("Resuming an interrupted feature extraction at image %d of %d", start, shape[0])
-        else:
-            paths["progress"].unlink(missing_ok=True)
-            out = np.lib.format.open_memmap(paths["partial"], mode="w+", dtype=dtype, shape=shape)
-        dataset = ImageDataset(root, list(items)[start:], image_size, views=view, on_error="flag")
+        progress = self.progress_path(paths, start, end, shape[0])
+        first, undecodable = self._resume_point(progress, start, end)
+        if first > start:
+            log.warning("Resuming an interrupted feature extraction at image %d of %d", first, shape[0])
+
+        def record(row: int, **extra) -> None:
+            write_json_atomic(progress, {"start": start, "end": end, "rows_done": row,
+                                         "undecodable_rows": undecodable, **extra})
+
+        out = np.lib.format.open_memmap(paths["partial"], mode="r+")
+        if out.shape != shape or out.dtype != dtype:
+            raise RuntimeError(f"{paths['partial']} is not the partial file of this cache")
+        dataset = ImageDataset(root, list(items)[first:end], image_size, views=view, on_error="flag")
         loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
                             pin_memory=device.type == "cuda")
         amp_dtype = autocast_dtype(self.precision)
         original_device = next(self.encoder.parameters()).device
         encoder = self.encoder.to(device)
-        row, last_flush, began = start, time.monotonic(), time.monotonic()
+        row, last_flush, began = first, time.monotonic(), time.monotonic()
         description = "Caching features" + (" of mirror images" if view == "mirrored" else "")
-        bar = tqdm(total=shape[0], initial=start, unit="img", desc=description, disable=not self.progress,
-                   mininterval=progress_interval())
+        bar = tqdm(total=end - start, initial=first - start, unit="img", desc=description,
+                   disable=not self.progress or end == start, mininterval=progress_interval())
         try:
             with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype or torch.float32,
                                                         enabled=amp_dtype is not None):
-                for batch in loader:
+                for batch in loader if end > first else ():
                     images = batch["images"][:, 0]  # one stored view per cache
                     out[row:row + len(images)] = self._to_storage(encoder(images.to(device, non_blocking=True)))
                     undecodable += undecoded_rows(batch, row)
@@ -219,7 +324,7 @@ class FeatureCacheBuilder:
                     bar.update(len(images))
                     if time.monotonic() - last_flush > _FLUSH_EVERY_S:
                         out.flush()
-                        write_json_atomic(paths["progress"], {"rows_done": row, "undecodable_rows": undecodable})
+                        record(row)
                         last_flush = time.monotonic()
             out.flush()
         finally:
@@ -228,12 +333,13 @@ class FeatureCacheBuilder:
             del out
         elapsed = time.monotonic() - began
         self.last_build_stats = {
-            "images": row - start, "seconds": round(elapsed, 2),
-            "images_per_second": round((row - start) / elapsed, 2) if elapsed > 0 else None,
+            "images": row - first, "seconds": round(elapsed, 2),
+            "images_per_second": round((row - first) / elapsed, 2) if elapsed > 0 else None,
             "device": str(device), "precision": self.precision,
         }
-        log.info("Cached features of %d images in %.1f s", row - start, elapsed)
-        return undecodable
+        record(row, stats=self.last_build_stats)
+        if row > first:
+            log.info("Cached features of %d images in %.1f s", row - first, elapsed)
 
     def _to_storage(self, features: torch.Tensor) -> np.ndarray:
         features = features.detach()
