@@ -68,3 +68,20 @@ def test_serve_benchmark_builds_valid_requests(tmp_path):
     start = body.index(b"\r\n\r\n") + 4
     with Image.open(io.BytesIO(body[start:body.rindex(b"\r\n--")])) as decoded:
         assert decoded.size == (1000, 1000)
+
+
+def test_cpu_backends_benchmark_compares_features_and_decisions(trained_run, checkpoint, tmp_path):
+    pytest.importorskip("onnxruntime")
+    backends = load("cpu_backends")
+    out = tmp_path / "backends.md"
+    assert backends.main(["--checkpoint", str(checkpoint), "--split_file", str(trained_run / "split.json"),
+                          "--data_dir", str(trained_run.parents[2] / "UTKFace"), "--sizes", "32",
+                          "--images", "5", "--calibration_images", "8", "--batch_size", "4", "--batches", "1",
+                          "--backends", "torch-fp32", "ort-fp32", "ort-int8", "--out", str(out)]) == 0
+    results = json.loads(out.with_suffix(".json").read_text())
+    assert [row["backend"] for row in results["throughput"]] == ["torch-fp32", "ort-fp32", "ort-int8"]
+    decisions = {row["backend"]: row for row in results["decisions"]}
+    assert decisions["torch-fp32"]["relative_error_mean"] == 0 and decisions["torch-fp32"]["same_decision"] == 1
+    assert decisions["ort-fp32"]["relative_error_max"] < 1e-4  # the exported backbone computes the same features
+    assert 0 < decisions["ort-int8"]["relative_error_mean"] < 0.5  # quantized: close, not equal
+    assert "| ort-int8 |" in out.read_text()
