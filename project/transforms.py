@@ -65,15 +65,32 @@ def load_rgb_image(source: ImageInput) -> Image.Image:
         return to_rgb(image)
 
 
-def build_transform(image_size: int) -> T.Compose:
-    """The preprocessing transform: RGB PIL image -> normalised ``3 x image_size x image_size`` float tensor."""
+def build_pixel_transform(image_size: int) -> T.Compose:
+    """The first half of :func:`build_transform`: RGB PIL image -> resized ``3 x image_size x image_size`` uint8
+    tensor. A quarter of the float bytes, so the feature-cache build moves pixels between processes and to the GPU
+    this way and normalises them where the backbone runs (:func:`normalize_pixels`)."""
     return T.Compose(
         [
             T.Resize((image_size, image_size), interpolation=T.InterpolationMode.BILINEAR, antialias=True),
-            T.ToTensor(),
-            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            T.PILToTensor(),
         ]
     )
+
+
+def normalize_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """The second half of :func:`build_transform`, on any device: uint8 ``... x 3 x H x W`` -> the normalised
+    float32 tensor, bit for bit what ``ToTensor`` + ``Normalize`` compute (the same IEEE operations in the same
+    order), so a cache built either way holds the same features."""
+    mean = torch.tensor(IMAGENET_MEAN, device=pixels.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=pixels.device).view(3, 1, 1)
+    # 255 as a tensor on the pixels' device: CUDA turns a division by a Python number into a multiplication by its
+    # reciprocal, which rounds differently in the last bit
+    return pixels.to(torch.float32).div(torch.full((), 255.0, device=pixels.device)).sub_(mean).div_(std)
+
+
+def build_transform(image_size: int) -> T.Compose:
+    """The preprocessing transform: RGB PIL image -> normalised ``3 x image_size x image_size`` float tensor."""
+    return T.Compose([build_pixel_transform(image_size), normalize_pixels])
 
 
 def mirror(images: torch.Tensor) -> torch.Tensor:

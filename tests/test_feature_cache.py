@@ -11,6 +11,7 @@ from helpers.synthetic import write_undecodable_jpeg
 from project.data.datasets import ImageDataset
 from project.data.feature_cache import FeatureCacheBuilder, Shard, shard_rows
 from project.data.scan import scan_utkface
+from project.transforms import normalize_pixels
 
 
 def make_builder(backbone, cache_dir, precision="32-true"):
@@ -139,3 +140,25 @@ def test_shard_blocks_cover_every_row_once_on_batch_boundaries(rows, count, batc
 def test_a_shard_must_exist():
     with pytest.raises(ValueError, match="shard 2 of 2"):
         Shard(2, 2)
+
+
+def test_uint8_pixels_normalised_later_are_the_float_preprocessing_bit_for_bit(utkface_dir):
+    """The cache build moves uint8 pixels and normalises them where the backbone runs: the same bits, so the same
+    features and cache keys as the float path that training without a cache and prediction use."""
+    items = scan_utkface(utkface_dir).items[:12]
+    floats = ImageDataset(utkface_dir, items, 36, views="both")
+    pixels = ImageDataset(utkface_dir, items, 36, views="both", pixels=True)
+    for index in range(len(items)):
+        raw = pixels[index]["images"]
+        assert raw.dtype == torch.uint8
+        assert torch.equal(normalize_pixels(raw), floats[index]["images"])
+
+
+def test_an_undecodable_image_row_is_stored_as_zeros(utkface_dir, cache_dir):
+    broken = write_undecodable_jpeg(utkface_dir)
+    items = scan_utkface(utkface_dir).items
+    row = next(i for i, item in enumerate(items) if item.relpath == broken.name)
+    cache = make_builder(random_backbone(), cache_dir).build(utkface_dir, items, 32)
+    assert cache.undecodable_rows == [row]
+    neighbour = row + 1 if row + 1 < len(items) else row - 1
+    assert not cache.read(np.array([row])).any() and cache.read(np.array([neighbour])).any()

@@ -20,7 +20,7 @@ from project.data.scan import FaceItem
 from project.demographics import UNKNOWN_ETHNICITY, UNKNOWN_GENDER, code_or_unknown
 from project.errors import UserError
 from project.progress import progress_interval
-from project.transforms import build_transform, load_rgb_image, mirror
+from project.transforms import build_pixel_transform, build_transform, load_rgb_image, mirror
 
 #: How a dataset serves a face: ``original``; ``mirrored`` (the mirror-image feature cache is built from these);
 #: ``random`` (training: the face or its mirror image, a fair coin per item); ``both`` (evaluation: two views).
@@ -65,17 +65,19 @@ class ImageDataset(Dataset):
 
     A file that passed the scan's cheap check but cannot be decoded raises a one-line :class:`UserError`; with
     ``on_error="flag"`` (the feature-cache build and the decode check, which decode every image once up front) it
-    yields zeros and ``decoded=False`` instead, so the caller can skip and report it.
+    yields zeros and ``decoded=False`` instead, so the caller can skip and report it. With ``pixels=True`` the
+    images are the resized uint8 pixels, for the consumer to normalise (``project.transforms.normalize_pixels``).
     """
 
     def __init__(self, root: Path, items: Sequence[FaceItem], image_size: int, views: str = "original",
-                 on_error: str = "raise") -> None:
+                 on_error: str = "raise", pixels: bool = False) -> None:
         if on_error not in ("raise", "flag"):
             raise ValueError(f"on_error must be 'raise' or 'flag', not {on_error!r}")
         self.root = Path(root)
         self.items = list(items)
         self.image_size = image_size
-        self.transform = build_transform(image_size)
+        self.transform = build_pixel_transform(image_size) if pixels else build_transform(image_size)
+        self.dtype = torch.uint8 if pixels else torch.float32
         self.views = check_view_mode(views)
         self.flag_errors = on_error == "flag"
 
@@ -92,7 +94,7 @@ class ImageDataset(Dataset):
                 reason = " ".join(str(err).split())[:160]
                 raise UserError(f"cannot decode {path} ({type(err).__name__}: {reason}); delete or replace it"
                                 ) from None
-            blank = torch.zeros(views_per_item(self.views), 3, self.image_size, self.image_size)
+            blank = torch.zeros(views_per_item(self.views), 3, self.image_size, self.image_size, dtype=self.dtype)
             return {"images": blank, **labels(item), DECODED: False}
         record = {"images": self._views(self.transform(image)), **labels(item)}
         if self.flag_errors:

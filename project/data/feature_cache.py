@@ -38,12 +38,12 @@ from filelock import FileLock
 from torch import nn
 from torch.utils.data import DataLoader
 
-from project.data.datasets import CACHED_VIEWS, ImageDataset, undecoded_rows
+from project.data.datasets import CACHED_VIEWS, DECODED, ImageDataset, undecoded_rows
 from project.data.scan import FaceItem
 from project.fileutils import write_json_atomic
 from project.precision import autocast_dtype
 from project.progress import progress_interval
-from project.transforms import PREPROCESSING_VERSION
+from project.transforms import PREPROCESSING_VERSION, normalize_pixels
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +303,8 @@ class FeatureCacheBuilder:
         out = np.lib.format.open_memmap(paths["partial"], mode="r+")
         if out.shape != shape or out.dtype != dtype:
             raise RuntimeError(f"{paths['partial']} is not the partial file of this cache")
-        dataset = ImageDataset(root, list(items)[first:end], image_size, views=view, on_error="flag")
+        # uint8 pixels travel from the decoding workers (and to the GPU): a quarter of the bytes of floats
+        dataset = ImageDataset(root, list(items)[first:end], image_size, views=view, on_error="flag", pixels=True)
         loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
                             pin_memory=device.type == "cuda")
         amp_dtype = autocast_dtype(self.precision)
@@ -317,11 +318,13 @@ class FeatureCacheBuilder:
             with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype or torch.float32,
                                                         enabled=amp_dtype is not None):
                 for batch in loader if end > first else ():
-                    images = batch["images"][:, 0]  # one stored view per cache
-                    out[row:row + len(images)] = self._to_storage(encoder(images.to(device, non_blocking=True)))
+                    pixels = batch["images"][:, 0]  # one stored view per cache
+                    features = encoder(normalize_pixels(pixels.to(device, non_blocking=True)))
+                    features[~batch[DECODED].to(features.device)] = 0  # an undecodable image's row stays zeros
+                    out[row:row + len(features)] = self._to_storage(features)
                     undecodable += undecoded_rows(batch, row)
-                    row += len(images)
-                    bar.update(len(images))
+                    row += len(features)
+                    bar.update(len(features))
                     if time.monotonic() - last_flush > _FLUSH_EVERY_S:
                         out.flush()
                         record(row)
