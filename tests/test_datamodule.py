@@ -104,3 +104,46 @@ def test_strict_data_turns_skips_into_an_error(utkface_dir, cache_dir):
 def test_the_cache_setting_and_the_builder_agree(utkface_dir, cache_dir):
     with pytest.raises(ValueError, match="feature_cache"):
         UTKFaceDataModule(data_settings(utkface_dir, cache_dir, feature_cache=True), PLAIN)
+
+
+class FakeStrategy:
+    """What ``_extraction_shard`` asks of a DDP strategy, for one process of a job (no other process runs)."""
+
+    def __init__(self, global_rank: int) -> None:
+        self.global_rank = global_rank
+        self.barriers = 0
+
+    def broadcast(self, value):
+        return "nonce" if self.global_rank else value  # the first process's value reaches every process
+
+    def barrier(self, *args) -> None:
+        self.barriers += 1
+
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
+        return decision
+
+
+class FakeTrainer:
+    def __init__(self, global_rank: int, local_rank: int, world_size: int, num_devices: int) -> None:
+        self.global_rank, self.local_rank = global_rank, local_rank
+        self.world_size, self.num_devices = world_size, num_devices
+        self.strategy = FakeStrategy(global_rank)
+
+
+@pytest.mark.parametrize("global_rank,local_rank,expected", [
+    (0, 0, (0, 4)),  # the first process sees its own probe file: one build shared by all 4 processes
+    (3, 1, (1, 2)),  # a process on another node that does not see it: its node's 2 processes build a copy
+])
+def test_ddp_processes_share_a_build_per_cache_folder(utkface_dir, cache_dir, global_rank, local_rank, expected):
+    datamodule = cached(utkface_dir, cache_dir)
+    datamodule.trainer = FakeTrainer(global_rank, local_rank, world_size=4, num_devices=2)
+    shard = datamodule._extraction_shard()
+    assert (shard.index, shard.count) == expected
+    assert shard.barrier == datamodule.trainer.strategy.barrier
+    assert not list((cache_dir / "features").glob(".shared-*"))  # the probe is removed
+
+
+def test_a_single_process_builds_alone(utkface_dir, cache_dir):
+    datamodule = cached(utkface_dir, cache_dir)
+    datamodule.trainer = FakeTrainer(0, 0, world_size=1, num_devices=1)
+    assert datamodule._extraction_shard() is None
