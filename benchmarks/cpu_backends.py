@@ -42,12 +42,13 @@ from project.data.split import load_split  # noqa: E402
 from project.models.checkpoint import load_trained_net  # noqa: E402
 from project.precision import cpu_has_native_bf16  # noqa: E402
 from project.settings import default_cache_dir  # noqa: E402
-from project.transforms import build_transform  # noqa: E402
+from project.transforms import build_transform, load_rgb_image  # noqa: E402
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from speed import conv_gmacs, machine_name  # noqa: E402
 
 Backend = Callable[[np.ndarray], np.ndarray]  # N x 3 x S x S float32 -> N x C x H x W float32
+BACKENDS = ("torch-fp32", "torch-bf16", "ort-fp32", "ort-int8", "openvino-fp32", "openvino-bf16")
 
 
 def export_backbone(backbone: torch.nn.Module, size: int, path: Path) -> Path:
@@ -141,10 +142,9 @@ def throughput(run: Backend, size: int, batch_size: int, batches: int) -> float:
 
 
 def preprocess(root: Path, items, size: int) -> np.ndarray:
-    from PIL import Image
-
+    """``items`` through the project's one loading and preprocessing path, as one float32 array."""
     transform = build_transform(size)
-    return torch.stack([transform(Image.open(root / item.relpath).convert("RGB")) for item in items]).numpy()
+    return torch.stack([transform(load_rgb_image(root / item.relpath)) for item in items]).numpy()
 
 
 def features_of(run: Backend, images: np.ndarray, batch_size: int) -> np.ndarray:
@@ -157,8 +157,7 @@ def main(argv=None) -> int:
     parser.add_argument("--split_file", required=True, help="the checkpoint run's split.json")
     parser.add_argument("--data_dir", required=True)
     parser.add_argument("--cache_dir", default=str(default_cache_dir()))
-    parser.add_argument("--backends", nargs="+", default=["torch-fp32", "torch-bf16", "ort-fp32", "ort-int8",
-                                                          "openvino-fp32", "openvino-bf16"])
+    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 200])
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--batches", type=int, default=4, help="timed batches per backend and size")
@@ -166,6 +165,8 @@ def main(argv=None) -> int:
     parser.add_argument("--calibration_images", type=int, default=256, help="training images for int8")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
+    # torch fp32 is the reference every other backend's features and decisions are compared with: always first
+    args.backends = ["torch-fp32"] + [name for name in dict.fromkeys(args.backends) if name != "torch-fp32"]
 
     trained = load_trained_net(args.checkpoint, device=torch.device("cpu"))
     net, own_size = trained.net.eval(), trained.image_size

@@ -106,7 +106,7 @@ class UTKFaceDataModule(pl.LightningDataModule):
         trainer = self.trainer
         if trainer is None or trainer.world_size == 1:
             return None
-        strategy = self.trainer.strategy
+        strategy = trainer.strategy
         if self._cache_dir_is_shared(strategy):
             return Shard(trainer.global_rank, trainer.world_size, strategy.barrier)
         return Shard(trainer.local_rank, trainer.num_devices, strategy.barrier)
