@@ -12,7 +12,7 @@ requirements = [
 
 setup(
     name="age-group-classifier",
-    version="0.2.0",
+    version="0.3.0",
     description="UTKFace age-group classification with a frozen VGG16 and PyTorch Lightning",
     long_description=(here / "README.md").read_text() if (here / "README.md").exists() else "",
     long_description_content_type="text/markdown",

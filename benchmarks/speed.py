@@ -176,7 +176,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data_dir", required=True)
     parser.add_argument("--backbone_weights", default="imagenet")
-    parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument("--image_size", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--recipe", default="default", choices=sorted(RECIPES),
                         help="whose backbone cut, head and batch size are measured")
     parser.add_argument("--batch_size", type=int, default=None, help="training / extraction batch (recipe's)")
@@ -197,6 +197,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.batch_size is None:
         args.batch_size = RECIPES[args.recipe].batch_size
+    if args.image_size is None:
+        args.image_size = RECIPES[args.recipe].net.input.image_size
 
     use_cuda = args.accelerator == "gpu" or (args.accelerator == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if use_cuda else "cpu")

@@ -37,8 +37,8 @@ class Recipe:
 
 NOTEBOOK = Recipe(
     name="notebook",
-    summary="the Keras notebook, faithfully: block-5 features, flatten -> 1000 -> 256 head with dropout 0.5 and "
-            "L2 0.001, Adam 1e-3, batch 32, early stopping on val_loss (patience 5)",
+    summary="the Keras notebook, faithfully: block-5 features at 224 px, flatten -> 1000 -> 256 head with dropout "
+            "0.5 and L2 0.001, Adam 1e-3, batch 32, early stopping on val_loss (patience 5)",
     net=NetSettings(
         input=InputSettings(image_size=224, feature_layer="block5", mirror=False),
         head="notebook", target="group", ensemble_size=1,  # hidden layers 1000 and 256, dropout 0.5
@@ -52,10 +52,12 @@ NOTEBOOK = Recipe(
 
 DEFAULT = Recipe(
     name="default",
-    summary="block-4 features of the face and its mirror image, three compact heads averaged, per-year soft age "
-            "targets, AdamW with one-cycle cosine schedule, 20 epochs",
+    summary="block-4 features at 200 px of the face and its mirror image, three compact heads averaged, per-year "
+            "soft age targets, AdamW with one-cycle cosine schedule, 20 epochs",
     net=NetSettings(
-        input=InputSettings(image_size=224, feature_layer="block4", mirror=True),
+        # 200 px = UTKFace's own chip size (no upscaling): 20 % fewer multiply-adds than 224 px, 1.4-1.5x faster
+        # features in fp32 and no accuracy cost (README, "200 px"); the notebook port keeps the notebook's 224
+        input=InputSettings(image_size=200, feature_layer="block4", mirror=True),
         head="compact", target="age", ensemble_size=3,  # dropout 0.5
     ),
     optimizer=OptimizerSettings(name="adamw", lr=1e-3, weight_decay=1e-2, schedule="onecycle"),
