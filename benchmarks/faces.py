@@ -35,7 +35,6 @@ from benchmarks.serve import machine_name  # noqa: E402
 from project.age_groups import age_to_group  # noqa: E402
 from project.data.scan import parse_name  # noqa: E402
 from project.inference.detectors import make_face_detector  # noqa: E402
-from project.inference.faces import DEFAULT_MIN_FACE  # noqa: E402
 from project.inference.predictor import AgeGroupPredictor  # noqa: E402
 
 MIN_CHIP, MAX_CHIP = 40, 400
@@ -152,7 +151,7 @@ def match(found, truths: List[PastedFace], threshold: float = 0.5) -> List[Tuple
 def measure(spec: str, scenes, predictor: AgeGroupPredictor) -> Dict:
     """Recall, precision, agreement, accuracy and time of the detector ``spec``: a name, or ``name@min_face``."""
     name, _, min_face = spec.partition("@")
-    detector = make_face_detector(name, int(min_face) if min_face else DEFAULT_MIN_FACE)
+    detector = make_face_detector(name, int(min_face) if min_face else None)
     detector.detect(scenes[0][0])  # warm-up
     truths = found_total = matched_total = large_truths = large_matched = 0
     seconds = megapixels = 0.0
@@ -208,8 +207,8 @@ def main(argv=None) -> int:
     parser.add_argument("--split_file", default=None, help="the run's split.json (default: beside the checkpoint)")
     parser.add_argument("--scenes", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--detectors", nargs="+", default=["hog", "hog@80", "haar"],
-                        help="detector names (cnn, hog, haar), each optionally with @MIN_FACE (pixels)")
+    parser.add_argument("--detectors", nargs="+", default=["retinaface", "hog", "haar"],
+                        help="detector names (retinaface, hog, cnn, haar), each optionally with @MIN_FACE (pixels)")
     parser.add_argument("--out", default=None, help="also write the results as a Markdown table here")
     args = parser.parse_args(argv)
 

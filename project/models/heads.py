@@ -51,8 +51,9 @@ class CompactAgeHead(nn.Module):
     Flatten -> Dropout -> Linear(``hidden``) + BatchNorm -> Dropout -> Linear(``num_outputs``).
 
     UTKFace faces are aligned, so *where* a feature fires matters (the notebook's flattened head keeps that, the
-    pooled heads lose it); squeezing the channels first cuts the 25 M-parameter head to ~1.7 M (1.3 M at 200 px), which over-fits
-    far less on 21 k training images. ``num_outputs`` is 125 for the per-year age target of the default recipe.
+    pooled heads lose it); squeezing the channels first cuts the 25 M-parameter head to ~1.7 M (1.3 M at 200 px),
+    which over-fits far less on 21 k training images. ``num_outputs`` is 125 for the per-year age target of the
+    default recipe.
     """
 
     def __init__(
