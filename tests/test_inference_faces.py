@@ -126,6 +126,12 @@ def test_a_small_face_in_a_large_photo_is_found_on_the_downscaled_scan():
     assert abs(x + w / 2 - 980) < 20 and abs(y + h / 2 - 580) < 20 and 90 < w < 130 and face.angle > 10
 
 
+def test_retinaface_says_no_face_for_tiny_and_thin_pictures():
+    detector = face_detector("retinaface")
+    for size in [(1, 1), (5, 3), (40, 2000)]:
+        assert detector.detect(Image.new("RGB", size, (120, 130, 140))) == []
+
+
 def test_retinaface_anchors_match_the_networks_outputs():
     detector = face_detector("retinaface")
     for height, width in [(64, 64), (333, 517), (101, 77)]:

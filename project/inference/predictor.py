@@ -40,7 +40,8 @@ class Prediction:
 
     ``error`` is set, and the prediction fields are empty, when the image could not be read (or had no face).
     ``face_box`` is ``(x, y, w, h)`` of the detected face's UTKFace-like crop in the upright image, ``face_score``
-    the detector's confidence and ``landmarks`` its left eye, right eye and nose ``(x, y)`` (dlib's detectors).
+    the detector's confidence and ``landmarks`` its left eye, right eye and nose ``(x, y)`` (RetinaFace and dlib's
+    detectors; none from Haar).
     ``age`` (years) and ``age_interval`` (``(low, high)``, holding the true age as often as the model's calibration
     level says, 80 % by default) are set for models that learned ages (the default recipe); the notebook recipe's
     models give none.
