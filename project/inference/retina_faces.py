@@ -17,6 +17,7 @@ import ast
 import hashlib
 import importlib.util
 import math
+from functools import lru_cache
 from pathlib import Path
 from typing import List, Tuple
 
@@ -83,9 +84,11 @@ def import_onnxruntime():
     return onnxruntime
 
 
+@lru_cache(maxsize=8)
 def anchors(height: int, width: int) -> np.ndarray:
     """The network's anchors for an ``height x width`` input, ``(N, 4)`` as centre x, y and size, in pixels, in
-    the order of its outputs (stride by stride, row by row, the two sizes of each place)."""
+    the order of its outputs (stride by stride, row by row, the two sizes of each place). Cached (the second look
+    decodes every cut-out of the same size) and read-only."""
     rows = []
     for stride, sizes in ANCHORS:
         ys, xs = np.meshgrid(np.arange(math.ceil(height / stride)), np.arange(math.ceil(width / stride)),
@@ -94,7 +97,9 @@ def anchors(height: int, width: int) -> np.ndarray:
         for_each = np.repeat(centres, len(sizes), axis=0)
         side = np.tile(np.array(sizes, dtype=np.float64), len(centres))[:, None]
         rows.append(np.hstack([for_each, side, side]))
-    return np.concatenate(rows)
+    table = np.concatenate(rows)
+    table.setflags(write=False)
+    return table
 
 
 def non_maximum_suppression(boxes: np.ndarray, scores: np.ndarray, iou: float) -> List[int]:
