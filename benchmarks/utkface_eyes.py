@@ -3,9 +3,9 @@
     python benchmarks/utkface_eyes.py --data_dir ../shared/data/UTKFace.tar.gz --images 2000 [--detector retinaface]
 
 Runs a face detector and its landmark model (dlib's HOG detector and 5-point model, or RetinaFace) on real UTKFace
-chips (each pasted into the middle of a grey
-canvas, so a face that fills its chip is still found) and prints the median eye centres and nose point, as
-fractions of the chip's side: the detector's template in ``project/inference/alignment.py``.
+chips (each pasted into the middle of a grey canvas, so a face that fills its chip is still found) and prints the
+median eye centres and nose point, as fractions of the chip's side: the detector's template in
+``project/inference/alignment.py``.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Tuple
 
+import numpy as np
 from PIL import Image
 
 #: the side of a UTKFace chip; aligned crops have this size and then go through the one preprocessing path
@@ -50,6 +51,13 @@ class Alignment:
         """The chip's square, unrotated, as ``(x, y, w, h)`` in photo pixels (what is drawn and reported)."""
         x, y = self.centre
         return (round(x - self.side / 2), round(y - self.side / 2), round(self.side), round(self.side))
+
+
+def eyes_and_nose(eye: Point, other_eye: Point, nose: Point) -> np.ndarray:
+    """A landmark model's two eye centres (in its own order) and nose as ``(3, 2)``: the eye on the photo's left,
+    the one on its right, the nose; the order :func:`align` and every face's ``landmarks`` use."""
+    left, right = sorted([eye, other_eye], key=lambda point: point[0])
+    return np.array([left, right, nose], dtype=np.float64)
 
 
 def align(left_eye: Point, right_eye: Point, template: Template) -> Alignment:

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from project.errors import UserError
-from project.inference.alignment import DLIB_TEMPLATE, align, cut_chip
+from project.inference.alignment import DLIB_TEMPLATE, align, cut_chip, eyes_and_nose
 from project.inference.faces import INSTALL_HINT, MIN_FACE, DetectedFace, keep_faces
 
 MODEL_PACKAGE = "face_recognition_models"
@@ -113,8 +113,7 @@ class DlibFaceDetector:
             shape = self._landmarks(pixels, self._rectangle(round(left), round(top), round(right), round(bottom)))
             points = np.array([(shape.part(i).x, shape.part(i).y) for i in range(5)], dtype=np.float64)
             # dlib's 5 points: two corners of one eye, two of the other, the bottom of the nose
-            eyes = sorted([points[0:2].mean(axis=0), points[2:4].mean(axis=0)], key=lambda p: p[0])
-            faces.append((np.stack([eyes[0], eyes[1], points[4]]), score))
+            faces.append((eyes_and_nose(points[0:2].mean(axis=0), points[2:4].mean(axis=0), points[4]), score))
         return faces
 
     def detect(self, image: Image.Image) -> List[DetectedFace]:

