@@ -21,8 +21,6 @@ its features (an upper bound on the loss of one that is). Needs ``pip install -e
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import sys
 import tempfile
@@ -40,6 +38,7 @@ from project.data.scan import scan_utkface  # noqa: E402
 from project.data.sources import resolve_data_dir  # noqa: E402
 from project.data.split import load_split  # noqa: E402
 from project.models.checkpoint import load_trained_net  # noqa: E402
+from project.models.quantized import cpu_session, export_backbone, quantize_int8  # noqa: E402
 from project.precision import cpu_has_native_bf16  # noqa: E402
 from project.settings import default_cache_dir  # noqa: E402
 from project.transforms import build_transform, load_rgb_image  # noqa: E402
@@ -51,43 +50,8 @@ Backend = Callable[[np.ndarray], np.ndarray]  # N x 3 x S x S float32 -> N x C x
 BACKENDS = ("torch-fp32", "torch-bf16", "ort-fp32", "ort-int8", "openvino-fp32", "openvino-bf16")
 
 
-def export_backbone(backbone: torch.nn.Module, size: int, path: Path) -> Path:
-    """The frozen backbone alone as ONNX (fp32, dynamic batch)."""
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    with contextlib.redirect_stdout(io.StringIO()):
-        program = torch.onnx.export(backbone.eval().float(), (torch.zeros(2, 3, size, size),), dynamo=True,
-                                    input_names=["images"], output_names=["features"], dynamic_shapes=({0: batch},))
-        program.optimize()
-    program.save(str(path))
-    return path
-
-
-def quantize_int8(model: Path, calibration: np.ndarray, path: Path) -> Path:
-    """Static int8 quantization (QDQ, uint8 activations, per-channel int8 weights), calibrated on ``calibration``."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter(np.array_split(calibration, max(1, len(calibration) // 8)))
-
-        def get_next(self):
-            batch = next(self.batches, None)
-            return None if batch is None else {"images": batch}
-
-    prepared = path.with_suffix(".prep.onnx")
-    quant_pre_process(str(model), str(prepared), skip_symbolic_shape=True)
-    quantize_static(str(prepared), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    return path
-
-
 def onnxruntime_backend(model: Path) -> Backend:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    session = cpu_session(model)
     return lambda images: session.run(None, {"images": images})[0]
 
 

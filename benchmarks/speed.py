@@ -4,7 +4,8 @@ Measures, in one run on one machine:
 
 1. raw VGG16 conv-base throughput (synthetic tensors, inference mode, channels_last), cut where ``--recipe`` cuts it
    (block 4 for ``default``, block 5 for ``notebook``), in fp32 and - where the CPU or GPU runs it natively - bf16
-   autocast (``--precisions`` picks others), with the GFLOP/s it reaches (multiply-adds counted from the layers);
+   autocast (``--precisions`` picks others; ``int8``: onnxruntime's quantization, calibrated on 256 images outside
+   the timed ones), with the GFLOP/s it reaches (multiply-adds counted from the layers);
 2. the cache-building pipeline on real images (JPEG decoding in DataLoader workers + the same forward pass), as
    img/s and as a fraction of (1);
 3. one cached training epoch (+ validation) of the recipe's head on the full data set;
@@ -41,6 +42,7 @@ from project.data.feature_cache import FeatureCacheBuilder  # noqa: E402
 from project.data.scan import scan_utkface  # noqa: E402
 from project.models.backbone import build_backbone  # noqa: E402
 from project.models.net import AgeNet  # noqa: E402
+from project.models.quantized import Int8Features  # noqa: E402
 from project.precision import autocast_dtype, native_precision  # noqa: E402
 from project.recipes import RECIPES  # noqa: E402
 from project.settings import DataSettings, default_cache_dir  # noqa: E402
@@ -107,6 +109,16 @@ def pipeline_throughput(backbone, device, precision, root, items, image_size, wo
                                       progress=False)
         builder.build(root, items, image_size, device=device)
         return builder.last_build_stats["images_per_second"]
+
+
+def encoder_for(backbone, precision: str, root, calibration_items, image_size: int, work: Path):
+    """The backbone, or for ``int8`` its quantization calibrated on ``calibration_items``."""
+    if precision != "int8":
+        return backbone
+    encoder = Int8Features(backbone, work)
+    FeatureCacheBuilder(encoder, precision, work, num_workers=0, progress=False).calibrate(
+        root, calibration_items, image_size)
+    return encoder
 
 
 class EpochTimer(Callback):
@@ -214,20 +226,24 @@ def main(argv=None) -> int:
     print(f"# {results['machine']} | torch {torch.__version__} | {len(items)} images | {layer}: {gmacs:.2f} GMAC "
           f"per {args.image_size} px image", flush=True)
 
+    subset = items[:: max(1, len(items) // args.pipeline_images)][: args.pipeline_images]
+    calibration = items[1:: max(1, len(items) // 256)][:256]  # beside the timed images, not among them
+    work = tempfile.TemporaryDirectory()
     for precision in precisions:
         row = {"precision": precision}
+        encoder = encoder_for(backbone, precision, root, calibration, args.image_size, Path(work.name))
         if "raw" not in args.skip:
-            row["raw_img_s"] = raw_throughput(backbone, device, precision, args.raw_batch_size, args.raw_batches,
+            row["raw_img_s"] = raw_throughput(encoder, device, precision, args.raw_batch_size, args.raw_batches,
                                               args.image_size)
             row["raw_gflop_s"] = row["raw_img_s"] * 2 * gmacs
         if "pipeline" not in args.skip:
-            subset = items[:: max(1, len(items) // args.pipeline_images)][: args.pipeline_images]
-            row["pipeline_img_s"] = pipeline_throughput(backbone, device, precision, root, subset, args.image_size,
+            row["pipeline_img_s"] = pipeline_throughput(encoder, device, precision, root, subset, args.image_size,
                                                         args.num_workers, args.batch_size)
         if "raw_img_s" in row and "pipeline_img_s" in row:
             row["pipeline_fraction"] = row["pipeline_img_s"] / row["raw_img_s"]
         print(json.dumps(row), flush=True)
         results["rows"].append(row)
+    work.cleanup()
 
     if "cached" not in args.skip:
         train_s, val_s, batches, _ = epoch_times(args, device, best, cached=True)

@@ -31,8 +31,9 @@ from project.errors import (
 )
 from project.models.backbone import MIN_IMAGE_SIZE
 from project.models.checkpoint import SavedSettings, read_checkpoint, saved_settings
+from project.models.quantized import check_available as check_int8_available
 from project.precision import CHOICES as PRECISION_CHOICES
-from project.precision import resolve_precision
+from project.precision import resolve_feature_precision, resolve_precision
 from project.recipes import DEFAULT as DEFAULT_RECIPE
 from project.recipes import NOTEBOOK as NOTEBOOK_RECIPE
 from project.recipes import RECIPES, Recipe
@@ -110,7 +111,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     trainer.add_argument("--num_nodes", type=int, default=1)
     trainer.add_argument("--precision", type=str, default="auto", choices=PRECISION_CHOICES,
                          help="auto = bf16-mixed where the CPU/GPU runs bf16 natively, else 32-true (16-mixed on "
-                              "GPUs without bf16)")
+                              "GPUs without bf16); int8 = features from the backbone quantized to int8 by onnxruntime "
+                              "(CPU, one process, pip install -e .[onnx]), heads trained as auto")
     trainer.add_argument("--default_root_dir", type=str, default=".",
                          help="runs are written to DEFAULT_ROOT_DIR/lightning_logs/version_N")
     trainer.add_argument("--fast_dev_run", action="store_true", help="one batch of each split, for a smoke test")
@@ -176,6 +178,21 @@ def check_settings(settings: RunSettings) -> None:
         raise UserError(f"--lr must be positive (got {settings.optimizer.lr})")
     if settings.optimizer.weight_decay < 0:
         raise UserError(f"--weight_decay cannot be negative (got {settings.optimizer.weight_decay})")
+    if trainer.cache_precision == "int8":
+        _check_int8(settings)
+
+
+def _check_int8(settings: RunSettings) -> None:
+    """int8 features are computed by onnxruntime on the CPU, in one process, into the feature cache."""
+    trainer = settings.trainer
+    if trainer.device_type != "cpu":
+        raise UserError("--precision int8 computes the features on the CPU (onnxruntime); on a GPU use auto, or "
+                        "add --accelerator cpu")
+    if trainer.devices not in ("auto", 1) or trainer.num_nodes != 1:
+        raise UserError("--precision int8 runs in one process: leave --devices and --num_nodes at their defaults")
+    if not settings.data.feature_cache:
+        raise UserError("--precision int8 is a precision of the feature cache; drop --no_feature_cache")
+    check_int8_available()
 
 
 def parse_devices(value: str, device_type: str):
@@ -260,6 +277,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         num_nodes=args.num_nodes, precision=resolve_precision(args.precision, device_type), device_type=device_type,
         default_root_dir=Path(args.default_root_dir), fast_dev_run=args.fast_dev_run,
         limit_train_batches=args.limit_train_batches,
+        feature_precision=resolve_feature_precision(args.precision, device_type),
     )
     settings = RunSettings(recipe=recipe.name, net=net, optimizer=optimizer,
                            objective=saved.settings.objective if saved else recipe.objective, data=data,

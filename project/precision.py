@@ -15,7 +15,10 @@ _ALIASES = {
     "bf16": "bf16-mixed", "bf16-mixed": "bf16-mixed",
     "16": "16-mixed", "16-mixed": "16-mixed", "fp16": "16-mixed",
 }
-CHOICES = ("auto", "32-true", "bf16-mixed", "16-mixed", "32", "bf16", "16")
+#: Precisions of the features only: the backbone's passes run in it (on the CPU, through onnxruntime:
+#: ``project.models.quantized``) and the heads train in the device's native float precision.
+FEATURE_ONLY = ("int8",)
+CHOICES = ("auto", "32-true", "bf16-mixed", "16-mixed", "32", "bf16", "16", *FEATURE_ONLY)
 
 
 def cpu_has_native_bf16() -> bool:
@@ -31,13 +34,19 @@ def native_precision(device_type: str) -> str:
 
 
 def resolve_precision(precision: str, device_type: str) -> str:
-    """Turn ``auto`` or a short alias into one of Lightning's names: ``32-true``, ``bf16-mixed``, ``16-mixed``."""
-    if precision == "auto":
+    """Turn ``auto`` or a short alias into one of Lightning's names: ``32-true``, ``bf16-mixed``, ``16-mixed``
+    (the training precision; a features-only precision such as ``int8`` trains in the native one)."""
+    if precision == "auto" or precision in FEATURE_ONLY:
         return native_precision(device_type)
     try:
         return _ALIASES[str(precision)]
     except KeyError:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(CHOICES)}") from None
+
+
+def resolve_feature_precision(precision: str, device_type: str) -> str:
+    """The feature cache's precision: a features-only precision (``int8``) as given, else the training precision."""
+    return precision if precision in FEATURE_ONLY else resolve_precision(precision, device_type)
 
 
 def autocast_dtype(precision: str) -> Optional[torch.dtype]:

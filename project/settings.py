@@ -162,7 +162,7 @@ class TrainerSettings:
     devices: Devices
     strategy: str
     num_nodes: int
-    #: a resolved precision: ``32-true``, ``bf16-mixed`` or ``16-mixed`` (also the feature cache's dtype)
+    #: a resolved precision of training: ``32-true``, ``bf16-mixed`` or ``16-mixed``
     precision: str
     #: ``cpu`` or ``cuda``
     device_type: str
@@ -171,6 +171,14 @@ class TrainerSettings:
     fast_dev_run: bool
     #: the flag's value: a fraction of the training batches (up to 1.0), or a count of batches (above 1)
     limit_train_batches: float
+    #: the precision the feature cache is computed and stored in: ``precision``, or ``int8``
+    #: (``project.precision.FEATURE_ONLY``); ``None`` = ``precision``
+    feature_precision: Optional[str] = None
+
+    @property
+    def cache_precision(self) -> str:
+        """The precision of the cached features."""
+        return self.feature_precision or self.precision
 
 
 @dataclass(frozen=True)
@@ -200,7 +208,8 @@ class RunSettings:
             "weight_decay": self.optimizer.weight_decay, "batch_size": data.batch_size,
             "max_epochs": trainer.max_epochs, "patience": trainer.patience, "accelerator": trainer.accelerator,
             "devices": trainer.devices, "strategy": trainer.strategy, "num_nodes": trainer.num_nodes,
-            "precision": trainer.precision, "default_root_dir": str(trainer.default_root_dir),
+            "precision": trainer.precision, "feature_precision": trainer.cache_precision,
+            "default_root_dir": str(trainer.default_root_dir),
             "fast_dev_run": trainer.fast_dev_run, "limit_train_batches": trainer.limit_train_batches,
             "resume_from": _path_or_none(self.resume_from), "device_type": trainer.device_type,
         }

@@ -54,6 +54,19 @@ def test_speed_benchmark_runs_on_a_tiny_set(utkface_dir, cache_dir, tmp_path, ch
     assert "img/s" in out.read_text() and "One photo through the predictor" in out.read_text()
 
 
+def test_speed_benchmark_measures_int8_raw_and_build(utkface_dir, cache_dir, tmp_path):
+    pytest.importorskip("onnxruntime", reason="int8 needs the onnx extra")
+    speed = load("speed")
+    out = tmp_path / "speed.md"
+    assert speed.main(["--data_dir", str(utkface_dir), "--backbone_weights", "none", "--image_size", "32",
+                       "--cache_dir", str(cache_dir), "--num_workers", "0", "--raw_batches", "1",
+                       "--pipeline_images", "20", "--accelerator", "cpu", "--precisions", "int8",
+                       "--skip", "cached", "uncached", "--out", str(out)]) == 0
+    row = json.loads(out.with_suffix(".json").read_text())["rows"][0]
+    assert row["precision"] == "int8" and row["raw_img_s"] > 0 and row["pipeline_img_s"] > 0
+    assert "| int8 |" in out.read_text()
+
+
 def test_serve_benchmark_builds_valid_requests(tmp_path):
     """The load test's pieces (the server runs are measured by hand: README "Serving")."""
     import io

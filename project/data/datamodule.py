@@ -28,6 +28,9 @@ from project.settings import DataSettings, InputSettings
 
 log = logging.getLogger(__name__)
 
+#: Training images an encoder that needs calibration (int8) is calibrated on.
+CALIBRATION_IMAGES = 256
+
 #: Where the run folder lists every skipped file (written by the training run's bookkeeping).
 SKIPPED_FILE_NAME = "skipped_files.txt"
 
@@ -72,8 +75,23 @@ class UTKFaceDataModule(pl.LightningDataModule):
         source = resolve_data_dir(self.settings.data_dir, self.settings.cache_dir)
         self.scan = scan_source(source)
         self.root = self.scan.root
-        excluded = self._build_caches() if self.features is not None else set(
-            find_undecodable(self.root, self.scan.items, self.settings.num_workers))
+        if self.features is None or self.features.needs_calibration:
+            # No cache build to find the broken images, or one that needs the split first (its encoder is
+            # calibrated on training images): a decode check, then the split.
+            excluded = set(find_undecodable(self.root, self.scan.items, self.settings.num_workers))
+            self._make_split(excluded)
+            if self.features is not None:
+                self.features.calibrate(self.root, self._calibration_items(), self.input.image_size)
+                self._build_caches()
+        else:
+            self._make_split(self._build_caches())
+        for name in SPLITS:
+            if len(self.split.indices[name]) == 0:  # a split.json of other images, say
+                raise UserError(f"the {name} split of {self.settings.split_file} holds no usable image")
+            self.datasets[name] = self._make_dataset(name)
+
+    def _make_split(self, excluded: set) -> None:
+        """Report the skipped files, then split the usable images (or read the split file)."""
         for row in sorted(excluded):
             self.scan.skipped.append((self.scan.items[row].relpath, UNDECODABLE_REASON))
         self._report_skipped()
@@ -82,10 +100,13 @@ class UTKFaceDataModule(pl.LightningDataModule):
             self.split = load_split(self.settings.split_file, self.scan.items, usable, self.root)
         else:
             self.split = new_split(self.scan.items, usable, self.settings.seed)
-        for name in SPLITS:
-            if len(self.split.indices[name]) == 0:  # a split.json of other images, say
-                raise UserError(f"the {name} split of {self.settings.split_file} holds no usable image")
-            self.datasets[name] = self._make_dataset(name)
+
+    def _calibration_items(self) -> List[FaceItem]:
+        """Up to ``CALIBRATION_IMAGES`` training images, spread over the training split (never validation or test
+        images), chosen by a fixed rule so the same split gives the same images."""
+        train = self.split_items("train")
+        picked = np.linspace(0, len(train) - 1, num=min(CALIBRATION_IMAGES, len(train))).round().astype(int)
+        return [train[i] for i in sorted(set(picked.tolist()))]
 
     def _build_caches(self) -> set:
         """Build or open the cache of every view the model needs; returns the rows whose image cannot be decoded

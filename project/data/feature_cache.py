@@ -53,7 +53,12 @@ _STORAGE = {
     "32-true": ("float32", np.float32),
     "bf16-mixed": ("bfloat16", np.int16),
     "16-mixed": ("float16", np.float16),
+    # int8 features (``project.models.quantized``) leave onnxruntime dequantized and 2x2-averaged: float16 keeps them
+    # to 11 bits, far finer than their 8-bit steps
+    "int8": ("float16", np.float16),
 }
+#: Feature precisions whose encoder must first be calibrated on training images (``calibrate``).
+CALIBRATED_PRECISIONS = ("int8",)
 _FLUSH_EVERY_S = 20.0
 
 
@@ -90,6 +95,14 @@ def shard_rows(rows: int, count: int, batch_size: int) -> List[Tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:]))
 
 
+def files_digest(root: Path, relpaths: Sequence[str]) -> str:
+    """A hash of a list of images: their names and sizes, in order."""
+    files = hashlib.sha256()
+    for relpath in relpaths:
+        files.update(f"{relpath}\0{(Path(root) / relpath).stat().st_size}\n".encode())
+    return files.hexdigest()
+
+
 class FeatureCache:
     """A finished cache opened as a read-only memory map; :meth:`read` returns float32 rows."""
 
@@ -116,8 +129,9 @@ class FeatureCacheBuilder:
 
     Args:
         encoder: the frozen module whose output is cached (see the module docstring).
-        precision: a resolved precision (``32-true``, ``bf16-mixed``, ``16-mixed``); the features are computed under
-            that autocast and stored in that dtype.
+        precision: a resolved precision (``32-true``, ``bf16-mixed``, ``16-mixed``): the features are computed under
+            that autocast and stored in that dtype; or ``int8``: the encoder is an int8 quantization that
+            :meth:`calibrate` prepares first (``project.models.quantized.Int8Features``), stored as float16.
         cache_dir: folder of cache files.
         batch_size, num_workers: extraction batch size and image-decoding worker processes.
     """
@@ -135,17 +149,29 @@ class FeatureCacheBuilder:
         #: images, seconds and images/s of the last extraction (None when the last build only opened a cache)
         self.last_build_stats: Optional[dict] = None
 
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether :meth:`calibrate` must run (on training images) before :meth:`build`."""
+        return self.precision in CALIBRATED_PRECISIONS
+
+    def calibrate(self, root: Path, items: Sequence[FaceItem], image_size: int) -> None:
+        """Give the encoder ``items`` (training images only) to calibrate itself on, preprocessed like every
+        extracted image; they are named to it by their paths and sizes, so the same images find the same result."""
+        dataset = ImageDataset(root, list(items), image_size, views="original", on_error="flag", pixels=True)
+        batches = [batch for batch in DataLoader(dataset, batch_size=self.batch_size, num_workers=0)]
+        pixels = torch.cat([batch["images"][:, 0][batch[DECODED]] for batch in batches])
+        log.info("Calibrating the %s features on %d training images", self.precision, len(pixels))
+        self.encoder.calibrate(normalize_pixels(pixels).numpy(), image_size,
+                               files_digest(root, [item.relpath for item in items]))
+
     # -- identity --------------------------------------------------------------------------------------------
     def identity(self, root: Path, relpaths: Sequence[str], image_size: int, view: str) -> Tuple[str, Dict]:
         """The cache key and what it hashes (the encoder's weights are hashed once per call)."""
         if view not in CACHED_VIEWS:
             raise ValueError(f"a cache holds one of the views {CACHED_VIEWS}, not {view!r}")
-        files = hashlib.sha256()
-        for relpath in relpaths:
-            files.update(f"{relpath}\0{(Path(root) / relpath).stat().st_size}\n".encode())
         identity = {
             "format": CACHE_FORMAT_VERSION,
-            "files": files.hexdigest(),
+            "files": files_digest(root, relpaths),
             "count": len(relpaths),
             "image_size": image_size,
             "preprocessing": PREPROCESSING_VERSION,
@@ -348,6 +374,6 @@ class FeatureCacheBuilder:
         features = features.detach()
         if self.precision == "bf16-mixed":
             return features.to(torch.bfloat16).contiguous().view(torch.int16).cpu().numpy()
-        if self.precision == "16-mixed":
+        if self.precision in ("16-mixed", "int8"):
             return features.to(torch.float16).contiguous().cpu().numpy()
         return features.float().contiguous().cpu().numpy()

@@ -29,6 +29,7 @@ from project.devices import lightning_accelerator
 from project.models.backbone import build_backbone
 from project.models.checkpoint import TrainedNet
 from project.models.net import AgeNet
+from project.models.quantized import Int8Features
 from project.plots import write_run_plots
 from project.settings import DataSettings, RunSettings
 from project.training import run_files
@@ -46,10 +47,12 @@ def build_model(settings: RunSettings) -> LitClassifier:
 
 def build_datamodule(data: DataSettings, net: AgeNet, precision: str) -> UTKFaceDataModule:
     """The DataModule of ``data`` for ``net``: the images the network's input settings ask for, or their cached
-    backbone features (computed in ``precision``) unless the cache is off."""
+    backbone features (computed in ``precision``; ``int8``: by the backbone's int8 quantization, which the
+    DataModule calibrates on training images) unless the cache is off."""
     features = None
     if data.feature_cache:
-        features = FeatureCacheBuilder(net.backbone, precision, data.cache_dir / "features",
+        encoder = Int8Features(net.backbone, data.cache_dir / "int8") if precision == "int8" else net.backbone
+        features = FeatureCacheBuilder(encoder, precision, data.cache_dir / "features",
                                        batch_size=max(data.batch_size, 32), num_workers=data.num_workers)
     return UTKFaceDataModule(data, net.settings.input, features)
 
@@ -111,7 +114,7 @@ def train(settings: RunSettings, callbacks: Sequence[Callback] = ()) -> Dict:
     if resume_from is not None and data.split_file is None:
         previous = run_files.run_dir_of(resume_from) / run_files.SPLIT_FILE_NAME
         data = replace(data, split_file=previous if previous.is_file() else None)
-    datamodule = build_datamodule(data, model.net, settings.trainer.precision)
+    datamodule = build_datamodule(data, model.net, settings.trainer.cache_precision)
     best, last = checkpoint_callbacks()
     own = [best, last, EpochSeeding(settings.data.seed), RunFiles(settings.record()), FastTrainingAllocator()]
     if settings.trainer.patience is not None:
@@ -128,7 +131,7 @@ def train(settings: RunSettings, callbacks: Sequence[Callback] = ()) -> Dict:
         "epochs_trained": trainer.current_epoch,
         "stopped_early": bool(trainer.should_stop and trainer.current_epoch < settings.trainer.max_epochs),
         "test_images": len(datamodule.split.indices["test"]),
-        "precision": settings.trainer.precision,
+        "precision": settings.trainer.precision, "feature_precision": settings.trainer.cache_precision,
         "feature_cache": str(datamodule.caches["original"].path) if datamodule.caches else None,
         "wall_time_s": round(time.time() - started, 1),
     })
@@ -147,12 +150,14 @@ def retest(settings: RunSettings, checkpoint: Path, split_file: Optional[Path], 
     and writes them to ``metrics_json`` too when given."""
     model = LitClassifier.load_from_checkpoint(checkpoint, map_location="cpu")
     # the checkpoint's own input settings (image size, mirror images), whatever the flags' recipe says
-    datamodule = build_datamodule(replace(settings.data, split_file=split_file), model.net, settings.trainer.precision)
+    datamodule = build_datamodule(replace(settings.data, split_file=split_file), model.net,
+                                  settings.trainer.cache_precision)
     trainer = build_trainer(settings, callbacks=[], logger=False)
     results = trainer.test(model, datamodule=datamodule, verbose=True)[0]
     payload = _metrics_payload(model, results, {
         "checkpoint": str(checkpoint), "split_file": str(split_file) if split_file else None,
         "test_images": len(datamodule.split.indices["test"]), "precision": settings.trainer.precision,
+        "feature_precision": settings.trainer.cache_precision,
     })
     if metrics_json is not None and trainer.is_global_zero:
         run_files.write_metrics(metrics_json, payload)

@@ -1,0 +1,110 @@
+"""int8 features (``--precision int8``): onnxruntime's quantization of the backbone, calibrated on training images
+only, with a cache key of its own; its errors."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+from helpers.config import fast_flags, run_dir, settings_for
+from helpers.models import random_backbone
+
+from project.data.datamodule import CALIBRATION_IMAGES, UTKFaceDataModule
+from project.data.datasets import ImageDataset
+from project.data.feature_cache import FeatureCacheBuilder
+from project.data.scan import scan_utkface
+from project.errors import UserError
+from project.models.quantized import Int8Features
+from project.precision import native_precision, resolve_feature_precision, resolve_precision
+from project.training import run
+
+pytest.importorskip("onnxruntime", reason="int8 features need the onnx extra: pip install -e .[onnx]")
+
+
+def test_int8_trains_the_heads_in_the_native_precision():
+    assert resolve_precision("int8", "cpu") == native_precision("cpu")
+    assert resolve_feature_precision("int8", "cpu") == "int8"
+    assert resolve_feature_precision("auto", "cpu") == native_precision("cpu")
+    assert resolve_feature_precision("bf16", "cpu") == "bf16-mixed"
+
+
+def test_int8_features_approximate_fp32_and_have_their_own_cache_key(utkface_dir, cache_dir):
+    items = scan_utkface(utkface_dir).items[:24]
+    backbone = random_backbone("block4")
+    encoder = Int8Features(random_backbone("block4"), cache_dir / "int8")
+    with pytest.raises(RuntimeError, match="calibrate"):
+        encoder.cache_identity()
+    int8 = FeatureCacheBuilder(encoder, "int8", cache_dir / "features", batch_size=8, num_workers=0, progress=False)
+    int8.calibrate(utkface_dir, items[:16], 32)
+    quantized = sorted((cache_dir / "int8").glob("*.onnx"))
+    assert len(quantized) == 1 and not list((cache_dir / "int8").glob(".quantizing-*"))
+
+    features = int8.build(utkface_dir, items, 32).read(np.arange(len(items)))
+    images = torch.stack([ImageDataset(utkface_dir, items, 32)[i]["images"][0] for i in range(len(items))])
+    with torch.no_grad():
+        exact = backbone(images)
+    relative = ((features - exact).norm(dim=1) / exact.norm(dim=1)).mean().item()
+    assert features.shape == exact.shape and 0 < relative < 0.1, relative
+    with pytest.raises(ValueError, match="quantized for 32 px"):
+        encoder(torch.zeros(1, 3, 64, 64))
+
+    relpaths = [item.relpath for item in items]
+    keys = {FeatureCacheBuilder(backbone, precision, cache_dir, progress=False).identity(
+        utkface_dir, relpaths, 32, "original")[0] for precision in ("32-true", "16-mixed")}
+    own, identity = int8.identity(utkface_dir, relpaths, 32, "original")
+    assert own not in keys and identity["int8"] and identity["dtype"] == "float16"  # 16-mixed's dtype, other key
+
+    # The same calibration images find the same quantized file (a resumed run or a re-test); others make another.
+    again = Int8Features(random_backbone("block4"), cache_dir / "int8")
+    assert again.calibrate(images[:16].numpy(), 32, "names") and len(list((cache_dir / "int8").glob("*.onnx"))) == 2
+    FeatureCacheBuilder(again, "int8", cache_dir / "features", progress=False).calibrate(utkface_dir, items[:16], 32)
+    assert again.model_path == quantized[0] and again.cache_identity() == encoder.cache_identity()
+
+
+def test_calibration_images_come_from_the_training_split_only(utkface_dir, cache_dir, runs):
+    settings = settings_for(fast_flags(utkface_dir, cache_dir, runs, "--no_feature_cache"))
+    datamodule = UTKFaceDataModule(settings.data, settings.net.input)
+    datamodule.setup()
+    chosen = {item.relpath for item in datamodule._calibration_items()}
+    train = {item.relpath for item in datamodule.split_items("train")}
+    held_out = {item.relpath for name in ("val", "test") for item in datamodule.split_items(name)}
+    assert len(chosen) == min(CALIBRATION_IMAGES, len(train)) and chosen <= train and not chosen & held_out
+
+
+def test_int8_run_records_its_precision_and_a_retest_reuses_its_files(utkface_dir, cache_dir, runs):
+    flags = fast_flags(utkface_dir, cache_dir, runs, "--max_epochs", "1")
+    flags[flags.index("--precision") + 1] = "int8"
+    settings = settings_for(flags)
+    assert settings.trainer.cache_precision == "int8" and settings.trainer.precision == native_precision("cpu")
+    metrics = run.train(settings)
+    assert metrics["feature_precision"] == "int8"
+    assert json.loads((run_dir(runs) / "run_config.json").read_text())["feature_precision"] == "int8"
+    made = sorted(path.name for path in cache_dir.rglob("*") if path.is_file())
+    cache_meta = [json.loads(path.read_text()) for path in (cache_dir / "features").glob("*.json")]
+    assert len(cache_meta) == 2 and all(meta["precision"] == "int8" and meta["identity"]["int8"]
+                                        for meta in cache_meta)
+
+    retested = run.retest(settings, next((run_dir(runs) / "checkpoints").glob("best-*.ckpt")),
+                          run_dir(runs) / "split.json")
+    assert retested["test_acc"] == metrics["test_acc"]
+    assert sorted(path.name for path in cache_dir.rglob("*") if path.is_file()) == made
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--no_feature_cache"], "drop --no_feature_cache"),
+    (["--devices", "2"], "one process"),
+])
+def test_int8_refuses_what_it_cannot_do(utkface_dir, cache_dir, runs, extra, message):
+    flags = fast_flags(utkface_dir, cache_dir, runs, *extra)
+    flags[flags.index("--precision") + 1] = "int8"
+    with pytest.raises(UserError, match=message):
+        settings_for(flags)
+
+
+def test_int8_without_onnxruntime_is_a_one_line_error(utkface_dir, cache_dir, runs, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    flags = fast_flags(utkface_dir, cache_dir, runs)
+    flags[flags.index("--precision") + 1] = "int8"
+    with pytest.raises(UserError, match=r"pip install -e \.\[onnx\] \(onnxruntime is not installed\)"):
+        settings_for(flags)
