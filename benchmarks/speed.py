@@ -184,6 +184,24 @@ def predict_latency(checkpoint: str, device: torch.device, backend: str, image, 
             "median_ms": times[len(times) // 2], "best_ms": times[0], "repeats": repeats}
 
 
+def measure_precisions(args, precisions, results, backbone, device, gmacs, root, subset, calibration, work):
+    """Raw and pipeline img/s of each precision (int8 calibrated on ``calibration``, never the timed images)."""
+    for precision in precisions:
+        row = {"precision": precision}
+        encoder = encoder_for(backbone, precision, root, calibration, args.image_size, work)
+        if "raw" not in args.skip:
+            row["raw_img_s"] = raw_throughput(encoder, device, precision, args.raw_batch_size, args.raw_batches,
+                                              args.image_size)
+            row["raw_gflop_s"] = row["raw_img_s"] * 2 * gmacs
+        if "pipeline" not in args.skip:
+            row["pipeline_img_s"] = pipeline_throughput(encoder, device, precision, root, subset, args.image_size,
+                                                        args.num_workers, args.batch_size)
+        if "raw_img_s" in row and "pipeline_img_s" in row:
+            row["pipeline_fraction"] = row["pipeline_img_s"] / row["raw_img_s"]
+        print(json.dumps(row), flush=True)
+        results["rows"].append(row)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data_dir", required=True)
@@ -227,23 +245,10 @@ def main(argv=None) -> int:
           f"per {args.image_size} px image", flush=True)
 
     subset = items[:: max(1, len(items) // args.pipeline_images)][: args.pipeline_images]
-    calibration = items[1:: max(1, len(items) // 256)][:256]  # beside the timed images, not among them
-    work = tempfile.TemporaryDirectory()
-    for precision in precisions:
-        row = {"precision": precision}
-        encoder = encoder_for(backbone, precision, root, calibration, args.image_size, Path(work.name))
-        if "raw" not in args.skip:
-            row["raw_img_s"] = raw_throughput(encoder, device, precision, args.raw_batch_size, args.raw_batches,
-                                              args.image_size)
-            row["raw_gflop_s"] = row["raw_img_s"] * 2 * gmacs
-        if "pipeline" not in args.skip:
-            row["pipeline_img_s"] = pipeline_throughput(encoder, device, precision, root, subset, args.image_size,
-                                                        args.num_workers, args.batch_size)
-        if "raw_img_s" in row and "pipeline_img_s" in row:
-            row["pipeline_fraction"] = row["pipeline_img_s"] / row["raw_img_s"]
-        print(json.dumps(row), flush=True)
-        results["rows"].append(row)
-    work.cleanup()
+    timed = {item.relpath for item in subset}
+    calibration = [item for item in items if item.relpath not in timed][:: max(1, len(items) // 256)][:256]
+    with tempfile.TemporaryDirectory() as work:
+        measure_precisions(args, precisions, results, backbone, device, gmacs, root, subset, calibration, Path(work))
 
     if "cached" not in args.skip:
         train_s, val_s, batches, _ = epoch_times(args, device, best, cached=True)

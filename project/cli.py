@@ -33,6 +33,7 @@ from project.models.backbone import MIN_IMAGE_SIZE
 from project.models.checkpoint import SavedSettings, read_checkpoint, saved_settings
 from project.models.quantized import check_available as check_int8_available
 from project.precision import CHOICES as PRECISION_CHOICES
+from project.precision import FEATURE_ONLY
 from project.precision import resolve_feature_precision, resolve_precision
 from project.recipes import DEFAULT as DEFAULT_RECIPE
 from project.recipes import NOTEBOOK as NOTEBOOK_RECIPE
@@ -232,6 +233,8 @@ class SavedRun:
     recipe: str
     max_epochs: Optional[int]
     settings: SavedSettings
+    #: the features' precision the run was trained on (``int8``, or ``None`` for the training precision)
+    feature_precision: Optional[str] = None
 
 
 def read_saved_run(args: argparse.Namespace) -> Optional[SavedRun]:
@@ -244,7 +247,9 @@ def read_saved_run(args: argparse.Namespace) -> Optional[SavedRun]:
         raise UserError(f"--resume: no lightning_logs/version_*/checkpoints/last.ckpt under {args.default_root_dir}")
     config = run_files.read_config(run_files.run_dir_of(checkpoint)) or {}
     saved = saved_settings(read_checkpoint(checkpoint)["hyper_parameters"])
-    return SavedRun(checkpoint, config.get("recipe", DEFAULT_RECIPE.name), config.get("max_epochs"), saved)
+    feature_precision = config.get("feature_precision")
+    return SavedRun(checkpoint, config.get("recipe", DEFAULT_RECIPE.name), config.get("max_epochs"), saved,
+                    feature_precision if feature_precision in FEATURE_ONLY else None)
 
 
 def _flag_or(value, default):
@@ -264,6 +269,9 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
                         lr=_flag_or(args.lr, recipe.optimizer.lr),
                         weight_decay=_flag_or(args.weight_decay, recipe.optimizer.weight_decay))
     device_type = device_type_for(args.accelerator)
+    # a resumed int8 run goes on with int8 features unless told otherwise
+    precision = saved.feature_precision if saved and saved.feature_precision and args.precision == "auto" \
+        else args.precision
     data = DataSettings(
         data_dir=Path(args.data_dir).expanduser(),
         cache_dir=Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir(),
@@ -274,10 +282,10 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
     trainer = TrainerSettings(
         max_epochs=_flag_or(args.max_epochs, recipe.max_epochs), patience=_flag_or(args.patience, recipe.patience),
         accelerator=args.accelerator, devices=parse_devices(args.devices, device_type), strategy=args.strategy,
-        num_nodes=args.num_nodes, precision=resolve_precision(args.precision, device_type), device_type=device_type,
+        num_nodes=args.num_nodes, precision=resolve_precision(precision, device_type), device_type=device_type,
         default_root_dir=Path(args.default_root_dir), fast_dev_run=args.fast_dev_run,
         limit_train_batches=args.limit_train_batches,
-        feature_precision=resolve_feature_precision(args.precision, device_type),
+        feature_precision=resolve_feature_precision(precision, device_type),
     )
     settings = RunSettings(recipe=recipe.name, net=net, optimizer=optimizer,
                            objective=saved.settings.objective if saved else recipe.objective, data=data,

@@ -10,7 +10,6 @@ import torch
 from helpers.config import fast_flags, run_dir, settings_for
 from helpers.models import random_backbone
 
-from project.data.datamodule import CALIBRATION_IMAGES, UTKFaceDataModule
 from project.data.datasets import ImageDataset
 from project.data.feature_cache import FeatureCacheBuilder
 from project.data.scan import scan_utkface
@@ -19,7 +18,8 @@ from project.models.quantized import Int8Features
 from project.precision import native_precision, resolve_feature_precision, resolve_precision
 from project.training import run
 
-pytest.importorskip("onnxruntime", reason="int8 features need the onnx extra: pip install -e .[onnx]")
+for _package in ("onnx", "onnxscript", "onnxruntime"):
+    pytest.importorskip(_package, reason="int8 features need the onnx extra: pip install -e .[onnx]")
 
 
 def test_int8_trains_the_heads_in_the_native_precision():
@@ -58,21 +58,24 @@ def test_int8_features_approximate_fp32_and_have_their_own_cache_key(utkface_dir
     # The same calibration images find the same quantized file (a resumed run or a re-test); others make another.
     again = Int8Features(random_backbone("block4"), cache_dir / "int8")
     assert again.calibrate(images[:16].numpy(), 32, "names") and len(list((cache_dir / "int8").glob("*.onnx"))) == 2
+    made = quantized[0].stat().st_mtime_ns
     FeatureCacheBuilder(again, "int8", cache_dir / "features", progress=False).calibrate(utkface_dir, items[:16], 32)
     assert again.model_path == quantized[0] and again.cache_identity() == encoder.cache_identity()
+    assert quantized[0].stat().st_mtime_ns == made  # read, not made again
+    with pytest.raises(ValueError, match="calibrates itself"):
+        FeatureCacheBuilder(backbone, "int8", cache_dir)
 
 
-def test_calibration_images_come_from_the_training_split_only(utkface_dir, cache_dir, runs):
-    settings = settings_for(fast_flags(utkface_dir, cache_dir, runs, "--no_feature_cache"))
-    datamodule = UTKFaceDataModule(settings.data, settings.net.input)
-    datamodule.setup()
-    chosen = {item.relpath for item in datamodule._calibration_items()}
-    train = {item.relpath for item in datamodule.split_items("train")}
-    held_out = {item.relpath for name in ("val", "test") for item in datamodule.split_items(name)}
-    assert len(chosen) == min(CALIBRATION_IMAGES, len(train)) and chosen <= train and not chosen & held_out
+def test_int8_run_calibrates_on_training_images_records_its_precision_and_reuses_its_files(
+        utkface_dir, cache_dir, runs, monkeypatch):
+    calibrated_on = []
+    calibrate = FeatureCacheBuilder.calibrate
 
+    def recording(builder, root, items, image_size):
+        calibrated_on.append([item.relpath for item in items])
+        return calibrate(builder, root, items, image_size)
 
-def test_int8_run_records_its_precision_and_a_retest_reuses_its_files(utkface_dir, cache_dir, runs):
+    monkeypatch.setattr(FeatureCacheBuilder, "calibrate", recording)
     flags = fast_flags(utkface_dir, cache_dir, runs, "--max_epochs", "1")
     flags[flags.index("--precision") + 1] = "int8"
     settings = settings_for(flags)
@@ -80,20 +83,33 @@ def test_int8_run_records_its_precision_and_a_retest_reuses_its_files(utkface_di
     metrics = run.train(settings)
     assert metrics["feature_precision"] == "int8"
     assert json.loads((run_dir(runs) / "run_config.json").read_text())["feature_precision"] == "int8"
-    made = sorted(path.name for path in cache_dir.rglob("*") if path.is_file())
+
+    # calibrated once, on training images only: every image but the split's validation and test images
+    split = json.loads((run_dir(runs) / "split.json").read_text())
+    everything = {item.relpath for item in scan_utkface(utkface_dir).items}
+    training = everything - set(split["val"]) - set(split["test"])
+    assert len(calibrated_on) == 1 and set(calibrated_on[0]) == training  # 50 < 256: all of them
     cache_meta = [json.loads(path.read_text()) for path in (cache_dir / "features").glob("*.json")]
     assert len(cache_meta) == 2 and all(meta["precision"] == "int8" and meta["identity"]["int8"]
                                         for meta in cache_meta)
 
+    made = {path: path.stat().st_mtime_ns for path in cache_dir.rglob("*") if path.is_file()}
     retested = run.retest(settings, next((run_dir(runs) / "checkpoints").glob("best-*.ckpt")),
                           run_dir(runs) / "split.json")
-    assert retested["test_acc"] == metrics["test_acc"]
-    assert sorted(path.name for path in cache_dir.rglob("*") if path.is_file()) == made
+    assert retested["test_acc"] == metrics["test_acc"] and calibrated_on[1] == calibrated_on[0]
+    assert {path: path.stat().st_mtime_ns for path in cache_dir.rglob("*") if path.is_file()} == made
+
+    # --resume of an int8 run keeps int8 features unless another --precision is given
+    resumed = fast_flags(utkface_dir, cache_dir, runs, "--resume", "--max_epochs", "1")
+    resumed[resumed.index("--precision") + 1] = "auto"
+    assert settings_for(resumed).trainer.cache_precision == "int8"
+    resumed[resumed.index("--precision") + 1] = "32"
+    assert settings_for(resumed).trainer.cache_precision == "32-true"
 
 
 @pytest.mark.parametrize("extra, message", [
     (["--no_feature_cache"], "drop --no_feature_cache"),
-    (["--devices", "2"], "one process"),
+    (["--num_nodes", "2"], "one process"),
 ])
 def test_int8_refuses_what_it_cannot_do(utkface_dir, cache_dir, runs, extra, message):
     flags = fast_flags(utkface_dir, cache_dir, runs, *extra)

@@ -82,12 +82,11 @@ class UTKFaceDataModule(pl.LightningDataModule):
             self._make_split(excluded)
             if self.features is not None:
                 self.features.calibrate(self.root, self._calibration_items(), self.input.image_size)
-                self._build_caches()
+                if not self._build_caches() <= excluded:
+                    raise UserError(f"images in {self.root} changed while the run was setting up; run it again")
         else:
             self._make_split(self._build_caches())
         for name in SPLITS:
-            if len(self.split.indices[name]) == 0:  # a split.json of other images, say
-                raise UserError(f"the {name} split of {self.settings.split_file} holds no usable image")
             self.datasets[name] = self._make_dataset(name)
 
     def _make_split(self, excluded: set) -> None:
@@ -100,6 +99,9 @@ class UTKFaceDataModule(pl.LightningDataModule):
             self.split = load_split(self.settings.split_file, self.scan.items, usable, self.root)
         else:
             self.split = new_split(self.scan.items, usable, self.settings.seed)
+        for name in SPLITS:
+            if len(self.split.indices[name]) == 0:  # a split.json of other images, say
+                raise UserError(f"the {name} split of {self.settings.split_file} holds no usable image")
 
     def _calibration_items(self) -> List[FaceItem]:
         """Up to ``CALIBRATION_IMAGES`` training images, spread over the training split (never validation or test

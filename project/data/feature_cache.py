@@ -53,8 +53,8 @@ _STORAGE = {
     "32-true": ("float32", np.float32),
     "bf16-mixed": ("bfloat16", np.int16),
     "16-mixed": ("float16", np.float16),
-    # int8 features (``project.models.quantized``) leave onnxruntime dequantized and 2x2-averaged: float16 keeps them
-    # to 11 bits, far finer than their 8-bit steps
+    # int8 features (``project.models.quantized``) leave onnxruntime dequantized (and, cut at block 4, 2x2-averaged):
+    # float16 keeps them to 11 bits, finer than their 8-bit steps
     "int8": ("float16", np.float16),
 }
 #: Feature precisions whose encoder must first be calibrated on training images (``calibrate``).
@@ -140,6 +140,8 @@ class FeatureCacheBuilder:
                  num_workers: int = 2, progress: bool = True) -> None:
         if precision not in _STORAGE:
             raise ValueError(f"unsupported feature precision {precision!r}")
+        if precision in CALIBRATED_PRECISIONS and not hasattr(encoder, "calibrate"):
+            raise ValueError(f"{precision} features need an encoder that calibrates itself, such as Int8Features")
         self.encoder = encoder
         self.precision = precision
         self.cache_dir = Path(cache_dir)

@@ -7,12 +7,14 @@ MinMax ranges) and run by onnxruntime. Static quantization needs the activations
 images: the caller passes training images only (``project.data.datamodule`` picks them from the run's training
 split), so no validation or test image shapes the features.
 
-The quantized file depends only on the backbone's weights, where it is cut, the image size and the calibration
-images, so it is kept (under ``work_dir``, named by a hash of those) and a resumed run or a re-test finds the same
-file and the same feature caches. Its bytes' hash is part of the feature-cache key (``cache_identity``): features of
-another quantization never mix with these.
+The quantized file depends only on the backbone's weights, where it is cut, the image size, the calibration images
+and onnxruntime's version (an upgrade quantizes again, and so builds new caches), so it is kept (under ``work_dir``,
+named by a hash of those) and a resumed run or a re-test of the same images finds the same file and the same feature
+caches. Its bytes' hash is part of the feature-cache key (``cache_identity``): features of another quantization
+never mix with these.
 
-Torch fp32 stays the exact reference: prediction, export and the server always run the fp32 backbone.
+Torch fp32 stays the exact reference: prediction, export and the server always run the fp32 backbone, also for
+heads trained on int8 features (README, "int8 features", measures what that costs: nothing measurable).
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 import torch
+from filelock import FileLock
 from torch import nn
 
 from project.errors import UserError
@@ -97,14 +100,15 @@ def quantize_int8(model: Path, calibration: np.ndarray, path: Path) -> Path:
     return path
 
 
-def cpu_session(path: Path):
-    """An onnxruntime session on the CPU with the threads torch uses."""
+def cpu_session(model: Union[Path, bytes]):
+    """An onnxruntime session on the CPU with the threads torch uses, of a file or of its bytes."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.log_severity_level = 3  # warnings about unused initializers are noise here
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 class Int8Features(nn.Module):
@@ -141,14 +145,18 @@ class Int8Features(nn.Module):
         self.work_dir.mkdir(parents=True, exist_ok=True)
         key = self.calibration_key(image_size, calibration_names)
         path = self.work_dir / f"vgg16-{self.backbone.layer}-{image_size}px-int8-{key}.onnx"
-        if not path.is_file():
-            with tempfile.TemporaryDirectory(dir=self.work_dir, prefix=".quantizing-") as scratch, _quiet_exporter():
-                fp32 = export_backbone(self.backbone, image_size, Path(scratch) / "backbone.onnx")
-                quantized = quantize_int8(fp32, images, Path(scratch) / "backbone.int8.onnx")
-                os.replace(quantized, path)  # whole or absent: a killed quantization leaves only its scratch folder
+        # Two runs of the same calibration wait for one quantization, like the feature caches.
+        with FileLock(path.with_suffix(".lock")):
+            if not path.is_file():
+                with tempfile.TemporaryDirectory(dir=self.work_dir, prefix=".quantizing-") as scratch, \
+                        _quiet_exporter():
+                    fp32 = export_backbone(self.backbone, image_size, Path(scratch) / "backbone.onnx")
+                    quantized = quantize_int8(fp32, images, Path(scratch) / "backbone.int8.onnx")
+                    os.replace(quantized, path)  # whole or absent: a killed run leaves only its scratch folder
+            model = path.read_bytes()  # read once: the session and the cache key come from the same bytes
         self.image_size, self.model_path = image_size, path
-        self._session = cpu_session(path)
-        self._digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        self._session = cpu_session(model)
+        self._digest = hashlib.sha256(model).hexdigest()[:16]
         return path
 
     def _require_calibrated(self) -> None:
