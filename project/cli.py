@@ -33,8 +33,7 @@ from project.models.backbone import MIN_IMAGE_SIZE
 from project.models.checkpoint import SavedSettings, read_checkpoint, saved_settings
 from project.models.quantized import check_available as check_int8_available
 from project.precision import CHOICES as PRECISION_CHOICES
-from project.precision import FEATURE_ONLY
-from project.precision import resolve_feature_precision, resolve_precision
+from project.precision import FEATURE_ONLY, resolve_feature_precision, resolve_precision
 from project.recipes import DEFAULT as DEFAULT_RECIPE
 from project.recipes import NOTEBOOK as NOTEBOOK_RECIPE
 from project.recipes import RECIPES, Recipe
@@ -179,7 +178,7 @@ def check_settings(settings: RunSettings) -> None:
         raise UserError(f"--lr must be positive (got {settings.optimizer.lr})")
     if settings.optimizer.weight_decay < 0:
         raise UserError(f"--weight_decay cannot be negative (got {settings.optimizer.weight_decay})")
-    if trainer.cache_precision == "int8":
+    if trainer.feature_precision == "int8":
         _check_int8(settings)
 
 

@@ -172,13 +172,8 @@ class TrainerSettings:
     #: the flag's value: a fraction of the training batches (up to 1.0), or a count of batches (above 1)
     limit_train_batches: float
     #: the precision the feature cache is computed and stored in: ``precision``, or ``int8``
-    #: (``project.precision.FEATURE_ONLY``); ``None`` = ``precision``
-    feature_precision: Optional[str] = None
-
-    @property
-    def cache_precision(self) -> str:
-        """The precision of the cached features."""
-        return self.feature_precision or self.precision
+    #: (``project.precision.FEATURE_ONLY``)
+    feature_precision: str
 
 
 @dataclass(frozen=True)
@@ -208,7 +203,7 @@ class RunSettings:
             "weight_decay": self.optimizer.weight_decay, "batch_size": data.batch_size,
             "max_epochs": trainer.max_epochs, "patience": trainer.patience, "accelerator": trainer.accelerator,
             "devices": trainer.devices, "strategy": trainer.strategy, "num_nodes": trainer.num_nodes,
-            "precision": trainer.precision, "feature_precision": trainer.cache_precision,
+            "precision": trainer.precision, "feature_precision": trainer.feature_precision,
             "default_root_dir": str(trainer.default_root_dir),
             "fast_dev_run": trainer.fast_dev_run, "limit_train_batches": trainer.limit_train_batches,
             "resume_from": _path_or_none(self.resume_from), "device_type": trainer.device_type,

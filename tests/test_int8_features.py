@@ -79,7 +79,7 @@ def test_int8_run_calibrates_on_training_images_records_its_precision_and_reuses
     flags = fast_flags(utkface_dir, cache_dir, runs, "--max_epochs", "1")
     flags[flags.index("--precision") + 1] = "int8"
     settings = settings_for(flags)
-    assert settings.trainer.cache_precision == "int8" and settings.trainer.precision == native_precision("cpu")
+    assert settings.trainer.feature_precision == "int8" and settings.trainer.precision == native_precision("cpu")
     metrics = run.train(settings)
     assert metrics["feature_precision"] == "int8"
     assert json.loads((run_dir(runs) / "run_config.json").read_text())["feature_precision"] == "int8"
@@ -102,9 +102,9 @@ def test_int8_run_calibrates_on_training_images_records_its_precision_and_reuses
     # --resume of an int8 run keeps int8 features unless another --precision is given
     resumed = fast_flags(utkface_dir, cache_dir, runs, "--resume", "--max_epochs", "1")
     resumed[resumed.index("--precision") + 1] = "auto"
-    assert settings_for(resumed).trainer.cache_precision == "int8"
+    assert settings_for(resumed).trainer.feature_precision == "int8"
     resumed[resumed.index("--precision") + 1] = "32"
-    assert settings_for(resumed).trainer.cache_precision == "32-true"
+    assert settings_for(resumed).trainer.feature_precision == "32-true"
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -114,7 +114,7 @@ def train(settings: RunSettings, callbacks: Sequence[Callback] = ()) -> Dict:
     if resume_from is not None and data.split_file is None:
         previous = run_files.run_dir_of(resume_from) / run_files.SPLIT_FILE_NAME
         data = replace(data, split_file=previous if previous.is_file() else None)
-    datamodule = build_datamodule(data, model.net, settings.trainer.cache_precision)
+    datamodule = build_datamodule(data, model.net, settings.trainer.feature_precision)
     best, last = checkpoint_callbacks()
     own = [best, last, EpochSeeding(settings.data.seed), RunFiles(settings.record()), FastTrainingAllocator()]
     if settings.trainer.patience is not None:
@@ -131,7 +131,7 @@ def train(settings: RunSettings, callbacks: Sequence[Callback] = ()) -> Dict:
         "epochs_trained": trainer.current_epoch,
         "stopped_early": bool(trainer.should_stop and trainer.current_epoch < settings.trainer.max_epochs),
         "test_images": len(datamodule.split.indices["test"]),
-        "precision": settings.trainer.precision, "feature_precision": settings.trainer.cache_precision,
+        "precision": settings.trainer.precision, "feature_precision": settings.trainer.feature_precision,
         "feature_cache": str(datamodule.caches["original"].path) if datamodule.caches else None,
         "wall_time_s": round(time.time() - started, 1),
     })
@@ -151,13 +151,13 @@ def retest(settings: RunSettings, checkpoint: Path, split_file: Optional[Path], 
     model = LitClassifier.load_from_checkpoint(checkpoint, map_location="cpu")
     # the checkpoint's own input settings (image size, mirror images), whatever the flags' recipe says
     datamodule = build_datamodule(replace(settings.data, split_file=split_file), model.net,
-                                  settings.trainer.cache_precision)
+                                  settings.trainer.feature_precision)
     trainer = build_trainer(settings, callbacks=[], logger=False)
     results = trainer.test(model, datamodule=datamodule, verbose=True)[0]
     payload = _metrics_payload(model, results, {
         "checkpoint": str(checkpoint), "split_file": str(split_file) if split_file else None,
         "test_images": len(datamodule.split.indices["test"]), "precision": settings.trainer.precision,
-        "feature_precision": settings.trainer.cache_precision,
+        "feature_precision": settings.trainer.feature_precision,
     })
     if metrics_json is not None and trainer.is_global_zero:
         run_files.write_metrics(metrics_json, payload)
