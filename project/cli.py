@@ -31,9 +31,11 @@ from project.errors import (
 )
 from project.models.backbone import MIN_IMAGE_SIZE
 from project.models.checkpoint import SavedSettings, read_checkpoint, saved_settings
+from project.models.quantized import INSTALL_COMMAND as INT8_INSTALL_COMMAND
 from project.models.quantized import check_available as check_int8_available
+from project.models.quantized import is_available as int8_is_available
 from project.precision import CHOICES as PRECISION_CHOICES
-from project.precision import FEATURE_ONLY, resolve_feature_precision, resolve_precision
+from project.precision import FEATURE_ONLY, cpu_has_native_bf16, resolve_feature_precision, resolve_precision
 from project.recipes import DEFAULT as DEFAULT_RECIPE
 from project.recipes import NOTEBOOK as NOTEBOOK_RECIPE
 from project.recipes import RECIPES, Recipe
@@ -110,9 +112,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     trainer.add_argument("--strategy", type=str, default="auto", help="auto, ddp, ddp_spawn, ...")
     trainer.add_argument("--num_nodes", type=int, default=1)
     trainer.add_argument("--precision", type=str, default="auto", choices=PRECISION_CHOICES,
-                         help="auto = bf16-mixed where the CPU/GPU runs bf16 natively, else 32-true (16-mixed on "
-                              "GPUs without bf16); int8 = features from the backbone quantized to int8 by onnxruntime "
-                              "(CPU, one process, pip install -e .[onnx]), heads trained as auto")
+                         help="auto = bf16-mixed where the CPU/GPU runs bf16 natively (16-mixed on GPUs without "
+                              "bf16); on a CPU without it, int8 features and fp32 heads where int8 works (one process, "
+                              "a feature cache, pip install -e .[onnx]), else 32-true; int8 = features from the "
+                              "backbone quantized to int8 by onnxruntime, heads trained in the native precision")
     trainer.add_argument("--default_root_dir", type=str, default=".",
                          help="runs are written to DEFAULT_ROOT_DIR/lightning_logs/version_N")
     trainer.add_argument("--fast_dev_run", action="store_true", help="one batch of each split, for a smoke test")
@@ -246,9 +249,38 @@ def read_saved_run(args: argparse.Namespace) -> Optional[SavedRun]:
         raise UserError(f"--resume: no lightning_logs/version_*/checkpoints/last.ckpt under {args.default_root_dir}")
     config = run_files.read_config(run_files.run_dir_of(checkpoint)) or {}
     saved = saved_settings(read_checkpoint(checkpoint)["hyper_parameters"])
-    feature_precision = config.get("feature_precision")
     return SavedRun(checkpoint, config.get("recipe", DEFAULT_RECIPE.name), config.get("max_epochs"), saved,
-                    feature_precision if feature_precision in FEATURE_ONLY else None)
+                    _features_only_precision(config))
+
+
+def _features_only_precision(config: dict) -> Optional[str]:
+    """The features-only precision (``int8``) a run's ``run_config.json`` records, if it has one."""
+    precision = config.get("feature_precision")
+    return precision if precision in FEATURE_ONLY else None
+
+
+def _precision_flag(args: argparse.Namespace, saved: Optional[SavedRun]) -> str:
+    """``--precision``, except that with ``auto`` a resumed or re-tested int8 run goes on with int8 features."""
+    if args.precision != "auto" or not (saved or args.test_only):
+        return args.precision
+    trained = saved.feature_precision if saved else _features_only_precision(
+        run_files.read_config(run_files.run_dir_of(Path(args.ckpt_path))) or {})
+    return trained or args.precision
+
+
+def _int8_usable(args: argparse.Namespace, saved: Optional[SavedRun], device_type: str, devices) -> bool:
+    """Whether ``auto`` may choose int8 features (it does on a CPU without native bf16: ``resolve_feature_precision``):
+    only for a new run (a resumed or re-tested run keeps the features it was trained on), in one process on the
+    CPU, with a feature cache and the onnx extra installed."""
+    if saved or args.test_only or device_type != "cpu" or devices not in ("auto", 1) or args.num_nodes != 1 \
+            or args.no_feature_cache:
+        return False
+    if int8_is_available():
+        return True
+    if not cpu_has_native_bf16():
+        logging.getLogger(__name__).info("Features in fp32: int8 features, about 2x faster on this CPU (no native "
+                                         "bf16), need the onnx extra: %s", INT8_INSTALL_COMMAND)
+    return False
 
 
 def _flag_or(value, default):
@@ -268,9 +300,8 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
                         lr=_flag_or(args.lr, recipe.optimizer.lr),
                         weight_decay=_flag_or(args.weight_decay, recipe.optimizer.weight_decay))
     device_type = device_type_for(args.accelerator)
-    # a resumed int8 run goes on with int8 features unless told otherwise
-    precision = saved.feature_precision if saved and saved.feature_precision and args.precision == "auto" \
-        else args.precision
+    devices = parse_devices(args.devices, device_type)
+    precision = _precision_flag(args, saved)
     data = DataSettings(
         data_dir=Path(args.data_dir).expanduser(),
         cache_dir=Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir(),
@@ -280,11 +311,12 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
     )
     trainer = TrainerSettings(
         max_epochs=_flag_or(args.max_epochs, recipe.max_epochs), patience=_flag_or(args.patience, recipe.patience),
-        accelerator=args.accelerator, devices=parse_devices(args.devices, device_type), strategy=args.strategy,
+        accelerator=args.accelerator, devices=devices, strategy=args.strategy,
         num_nodes=args.num_nodes, precision=resolve_precision(precision, device_type), device_type=device_type,
         default_root_dir=Path(args.default_root_dir), fast_dev_run=args.fast_dev_run,
         limit_train_batches=args.limit_train_batches,
-        feature_precision=resolve_feature_precision(precision, device_type),
+        feature_precision=resolve_feature_precision(precision, device_type,
+                                                    _int8_usable(args, saved, device_type, devices)),
     )
     settings = RunSettings(recipe=recipe.name, net=net, optimizer=optimizer,
                            objective=saved.settings.objective if saved else recipe.objective, data=data,

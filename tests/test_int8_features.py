@@ -2,6 +2,7 @@
 only, with a cache key of its own; its errors."""
 
 import json
+import logging
 import sys
 
 import numpy as np
@@ -104,12 +105,49 @@ def test_int8_run_calibrates_on_training_images_records_its_precision_and_reuses
     assert retested["test_acc"] == metrics["test_acc"] and calibrated_on[1] == calibrated_on[0]
     assert {path: path.stat().st_mtime_ns for path in cache_dir.rglob("*") if path.is_file()} == made
 
-    # --resume of an int8 run keeps int8 features unless another --precision is given
-    resumed = fast_flags(utkface_dir, cache_dir, runs, "--resume", "--max_epochs", "1")
-    resumed[resumed.index("--precision") + 1] = "auto"
-    assert settings_for(resumed).trainer.feature_precision == "int8"
-    resumed[resumed.index("--precision") + 1] = "32"
-    assert settings_for(resumed).trainer.feature_precision == "32-true"
+    # --resume and --test_only of an int8 run keep int8 features unless another --precision is given
+    best = str(next((run_dir(runs) / "checkpoints").glob("best-*.ckpt")))
+    resumed = with_precision(fast_flags(utkface_dir, cache_dir, runs, "--resume", "--max_epochs", "1"), "auto")
+    retest = with_precision(fast_flags(utkface_dir, cache_dir, runs, "--test_only", "--ckpt_path", best), "auto")
+    assert settings_for(resumed).trainer.feature_precision == settings_for(retest).trainer.feature_precision == "int8"
+    assert settings_for(with_precision(resumed, "32")).trainer.feature_precision == "32-true"
+    # ... and a run trained on other features keeps them, also where auto would start a new run on int8
+    _disable_native_bf16(monkeypatch)
+    config = run_dir(runs) / "run_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "feature_precision": "32-true"}))
+    assert settings_for(resumed).trainer.feature_precision == settings_for(retest).trainer.feature_precision \
+        == "32-true"
+
+
+def with_precision(flags, precision):
+    flags = list(flags)
+    flags[flags.index("--precision") + 1] = precision
+    return flags
+
+
+def _disable_native_bf16(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+
+
+def test_auto_picks_int8_features_on_a_cpu_without_native_bf16_where_they_work(
+        utkface_dir, cache_dir, runs, monkeypatch, caplog):
+    _disable_native_bf16(monkeypatch)
+    auto = with_precision(fast_flags(utkface_dir, cache_dir, runs), "auto")
+    trainer = settings_for(auto).trainer
+    assert (trainer.feature_precision, trainer.precision) == ("int8", "32-true")  # the heads train in fp32
+    for extra in (["--no_feature_cache"], ["--num_nodes", "2"]):
+        assert settings_for(auto + extra).trainer.feature_precision == "32-true"
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with caplog.at_level(logging.INFO):
+        assert settings_for(auto).trainer.feature_precision == "32-true"
+    assert "need the onnx extra: pip install -e .[onnx]" in caplog.text
+
+
+def test_auto_keeps_bf16_features_where_the_cpu_has_native_bf16(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert resolve_feature_precision("auto", "cpu", int8_usable=True) == "bf16-mixed"
+    assert resolve_feature_precision("auto", "cuda", int8_usable=True) == native_precision("cuda")
 
 
 @pytest.mark.parametrize("extra, message", [

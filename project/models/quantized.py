@@ -44,7 +44,8 @@ from project.models.backbone import FrozenVGG16Features
 #: Bump when the export or quantization settings change: the quantized files (and so the caches) change with it.
 QUANTIZATION_VERSION = 2  # 2: 7-bit weights (reduce_range)
 _CALIBRATION_BATCH = 16
-INSTALL_HINT = "int8 features need onnxruntime and onnx: pip install -e .[onnx]"
+INSTALL_COMMAND = "pip install -e .[onnx]"
+INSTALL_HINT = f"int8 features need onnxruntime and onnx: {INSTALL_COMMAND}"
 
 
 @contextlib.contextmanager
@@ -69,6 +70,15 @@ def check_available() -> None:
         import onnxscript  # noqa: F401 - torch's dynamo exporter builds the graph with it
     except ImportError as err:
         raise UserError(f"{INSTALL_HINT} ({err.name} is not installed)") from None
+
+
+def is_available() -> bool:
+    """Whether the packages the int8 backbone needs are installed."""
+    try:
+        check_available()
+    except UserError:
+        return False
+    return True
 
 
 def export_backbone(backbone: nn.Module, image_size: int, path: Path) -> Path:
