@@ -35,7 +35,8 @@ from project.models.quantized import INSTALL_COMMAND as INT8_INSTALL_COMMAND
 from project.models.quantized import check_available as check_int8_available
 from project.models.quantized import is_available as int8_is_available
 from project.precision import CHOICES as PRECISION_CHOICES
-from project.precision import FEATURE_ONLY, cpu_has_native_bf16, resolve_feature_precision, resolve_precision
+from project.precision import (FEATURE_ONLY, cpu_has_native_bf16, cpu_is_x86, resolve_feature_precision,
+                               resolve_precision)
 from project.recipes import DEFAULT as DEFAULT_RECIPE
 from project.recipes import NOTEBOOK as NOTEBOOK_RECIPE
 from project.recipes import RECIPES, Recipe
@@ -277,7 +278,7 @@ def _int8_usable(args: argparse.Namespace, saved: Optional[SavedRun], device_typ
         return False
     if int8_is_available():
         return True
-    if not cpu_has_native_bf16():
+    if cpu_is_x86() and not cpu_has_native_bf16():
         logging.getLogger(__name__).info("Features in fp32: int8 features, about 2x faster on this CPU (no native "
                                          "bf16), need the onnx extra: %s", INT8_INSTALL_COMMAND)
     return False

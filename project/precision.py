@@ -2,12 +2,14 @@
 
 bf16 autocast doubles VGG16's speed on CPUs with AVX-512-bf16 or AMX, but on a CPU without them it is emulated
 and about 10x *slower* than fp32. So ``auto`` never picks bf16 blindly: it asks the CPU (or GPU) what it supports.
-On a CPU without native bf16, ``auto`` computes the features in int8 where it can (README, "int8 features": about
-2x fp32's speed with AVX2 kernels, the same accuracy) and trains the heads in fp32.
+On an x86 CPU without native bf16, ``auto`` computes the features in int8 where it can (README, "int8 features":
+about 2x fp32's speed with AVX2 kernels, the same accuracy) and trains the heads in fp32. Other CPUs (ARM) keep
+fp32 features: int8 was not measured there.
 """
 
 from __future__ import annotations
 
+import platform
 from typing import Optional
 
 import torch
@@ -26,6 +28,11 @@ CHOICES = ("auto", "32-true", "bf16-mixed", "16-mixed", "32", "bf16", "16", *FEA
 def cpu_has_native_bf16() -> bool:
     """True when this CPU computes bf16 matmuls in hardware (AVX-512-bf16 or AMX)."""
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def cpu_is_x86() -> bool:
+    """True on x86-64, the CPUs int8 features were measured on."""
+    return platform.machine().lower() in ("x86_64", "amd64")
 
 
 def native_precision(device_type: str) -> str:
@@ -47,12 +54,12 @@ def resolve_precision(precision: str, device_type: str) -> str:
 
 
 def resolve_feature_precision(precision: str, device_type: str, int8_usable: bool = False) -> str:
-    """The feature cache's precision: a features-only precision (``int8``) as given; for ``auto`` on a CPU without
-    native bf16, ``int8`` when the caller says it is usable (the onnx extra installed, one process, a feature cache,
-    a new run); otherwise the training precision."""
+    """The feature cache's precision: a features-only precision (``int8``) as given; for ``auto`` on an x86 CPU
+    without native bf16, ``int8`` when the caller says it is usable (the onnx extra installed, one process, a feature
+    cache, a new run); otherwise the training precision."""
     if precision in FEATURE_ONLY:
         return precision
-    if precision == "auto" and device_type == "cpu" and int8_usable and not cpu_has_native_bf16():
+    if precision == "auto" and device_type == "cpu" and int8_usable and cpu_is_x86() and not cpu_has_native_bf16():
         return "int8"
     return resolve_precision(precision, device_type)
 

@@ -3,6 +3,7 @@ only, with a cache key of its own; its errors."""
 
 import json
 import logging
+import platform
 import sys
 
 import numpy as np
@@ -144,10 +145,13 @@ def test_auto_picks_int8_features_on_a_cpu_without_native_bf16_where_they_work(
     assert "need the onnx extra: pip install -e .[onnx]" in caplog.text
 
 
-def test_auto_keeps_bf16_features_where_the_cpu_has_native_bf16(monkeypatch):
+def test_auto_keeps_bf16_features_where_the_cpu_has_native_bf16_and_fp32_off_x86(monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
     assert resolve_feature_precision("auto", "cpu", int8_usable=True) == "bf16-mixed"
     assert resolve_feature_precision("auto", "cuda", int8_usable=True) == native_precision("cuda")
+    _disable_native_bf16(monkeypatch)
+    monkeypatch.setattr(platform, "machine", lambda: "arm64")  # int8 features unmeasured on ARM: fp32
+    assert resolve_feature_precision("auto", "cpu", int8_usable=True) == "32-true"
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -11,8 +11,14 @@
 #include <stdlib.h>
 #include <ucontext.h>
 #include <unistd.h>
+#include <dlfcn.h>
 #include <sys/syscall.h>
 #include <asm/prctl.h>
+
+// A program may install its own SIGSEGV handler later (Python's faulthandler, which pytest enables): sigaction and
+// signal are wrapped so that ours stays installed and theirs gets every fault that is not a CPUID.
+typedef int (*sigaction_fn)(int, const struct sigaction *, struct sigaction *);
+static struct sigaction program_handler;  // SIG_DFL until the program installs one
 static long answered;
 static void real_cpuid(uint32_t leaf, uint32_t sub, uint32_t r[4]) {
   __asm__ volatile("cpuid" : "=a"(r[0]), "=b"(r[1]), "=c"(r[2]), "=d"(r[3]) : "a"(leaf), "c"(sub));
@@ -21,8 +27,15 @@ static void handler(int sig, siginfo_t *si, void *ctx_) {
   ucontext_t *ctx = ctx_;
   greg_t *g = ctx->uc_mcontext.gregs;
   unsigned char *ip = (unsigned char *)g[REG_RIP];
-  if (!(ip[0] == 0x0f && ip[1] == 0xa2)) { signal(SIGSEGV, SIG_DFL); return; }  // a real crash: crash
-  (void)sig; (void)si;
+  if (!(ip[0] == 0x0f && ip[1] == 0xa2)) {  // a real fault: the program's handler, or the default (a crash)
+    if (program_handler.sa_flags & SA_SIGINFO) { program_handler.sa_sigaction(sig, si, ctx_); return; }
+    if (program_handler.sa_handler != SIG_DFL && program_handler.sa_handler != SIG_IGN) {
+      program_handler.sa_handler(sig); return;
+    }
+    struct sigaction dfl; memset(&dfl, 0, sizeof dfl); dfl.sa_handler = SIG_DFL;
+    ((sigaction_fn)dlsym(RTLD_NEXT, "sigaction"))(SIGSEGV, &dfl, NULL);
+    return;  // the faulting instruction runs again and now crashes as it would have
+  }
   uint32_t leaf = g[REG_RAX], sub = g[REG_RCX], r[4];
   syscall(SYS_arch_prctl, ARCH_SET_CPUID, 1);
   real_cpuid(leaf, sub, r);
@@ -48,10 +61,28 @@ static void handler(int sig, siginfo_t *si, void *ctx_) {
   g[REG_RIP] += 2;
   answered++;
 }
+int sigaction(int sig, const struct sigaction *act, struct sigaction *old) {
+  static sigaction_fn real;
+  if (!real) real = (sigaction_fn)dlsym(RTLD_NEXT, "sigaction");
+  if (sig != SIGSEGV) return real(sig, act, old);
+  if (old) *old = program_handler;
+  if (act) program_handler = *act;
+  return 0;
+}
+
+sighandler_t signal(int sig, sighandler_t handler_) {
+  struct sigaction act, old;
+  memset(&act, 0, sizeof act);
+  act.sa_handler = handler_;
+  if (sigaction(sig, &act, &old) != 0) return SIG_ERR;
+  return old.sa_handler;
+}
+
 __attribute__((constructor)) static void init(void) {
+  program_handler.sa_handler = SIG_DFL;
   struct sigaction sa; memset(&sa, 0, sizeof sa);
   sa.sa_sigaction = handler; sa.sa_flags = SA_SIGINFO | SA_NODEFER;
-  sigaction(SIGSEGV, &sa, NULL);
+  ((sigaction_fn)dlsym(RTLD_NEXT, "sigaction"))(SIGSEGV, &sa, NULL);
   if (syscall(SYS_arch_prctl, ARCH_SET_CPUID, 0) != 0) {
     perror("cpuid_mask: this CPU or kernel cannot make CPUID trap (ARCH_SET_CPUID)");
     exit(3);

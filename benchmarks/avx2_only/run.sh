@@ -8,5 +8,5 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 build="$(mktemp -d)"
 trap 'rm -rf "$build"' EXIT
-cc -O2 -shared -fPIC -o "$build/cpuid_mask.so" "$here/cpuid_mask.c"
+cc -O2 -shared -fPIC -o "$build/cpuid_mask.so" "$here/cpuid_mask.c" -ldl
 LD_PRELOAD="$build/cpuid_mask.so${LD_PRELOAD:+:$LD_PRELOAD}" "$@"
