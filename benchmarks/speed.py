@@ -3,9 +3,10 @@
 Measures, in one run on one machine:
 
 1. raw VGG16 conv-base throughput (synthetic tensors, inference mode, channels_last), cut where ``--recipe`` cuts it
-   (block 4 for ``default``, block 5 for ``notebook``), in fp32 and - where the CPU or GPU runs it natively - bf16
-   autocast (``--precisions`` picks others; ``int8``: onnxruntime's quantization, calibrated on 256 images outside
-   the timed ones), with the GFLOP/s it reaches (multiply-adds counted from the layers);
+   (block 4 for ``default``, block 5 for ``notebook``), in fp32, in bf16 autocast where the CPU or GPU runs it
+   natively and in int8 where ``--precision auto`` would use it (``--precisions`` picks others; ``int8``:
+   onnxruntime's quantization, calibrated on 256 images outside the timed ones), with the GFLOP/s it reaches
+   (multiply-adds counted from the layers);
 2. the cache-building pipeline on real images (JPEG decoding in DataLoader workers + the same forward pass), as
    img/s and as a fraction of (1);
 3. one cached training epoch (+ validation) of the recipe's head on the full data set;
@@ -43,7 +44,8 @@ from project.data.scan import scan_utkface  # noqa: E402
 from project.models.backbone import build_backbone  # noqa: E402
 from project.models.net import AgeNet  # noqa: E402
 from project.models.quantized import Int8Features  # noqa: E402
-from project.precision import autocast_dtype, native_precision  # noqa: E402
+from project.models.quantized import is_available as int8_is_available  # noqa: E402
+from project.precision import autocast_dtype, native_precision, resolve_feature_precision  # noqa: E402
 from project.recipes import RECIPES  # noqa: E402
 from project.settings import DataSettings, default_cache_dir  # noqa: E402
 from project.training.callbacks import FastTrainingAllocator  # noqa: E402
@@ -212,7 +214,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch_size", type=int, default=None, help="training / extraction batch (recipe's)")
     parser.add_argument("--raw_batch_size", type=int, default=16, help="batch of the raw throughput")
     parser.add_argument("--precisions", nargs="*", default=None,
-                        help="feature precisions to measure (default: 32-true and the device's native one)")
+                        help="feature precisions to measure (default: 32-true, the device's native one and "
+                             "what auto's features are: int8 on an x86 CPU without native bf16)")
     parser.add_argument("--checkpoint", default=None, help="a trained checkpoint: also time one-photo prediction")
     parser.add_argument("--backends", nargs="*", default=["torch"], choices=("torch", "onnx"))
     parser.add_argument("--latency_repeats", type=int, default=20)
@@ -233,7 +236,8 @@ def main(argv=None) -> int:
     use_cuda = args.accelerator == "gpu" or (args.accelerator == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if use_cuda else "cpu")
     best = native_precision(device.type)
-    precisions = args.precisions or ["32-true"] + ([best] if best != "32-true" else [])
+    auto_features = resolve_feature_precision("auto", device.type, int8_usable=int8_is_available())
+    precisions = args.precisions or list(dict.fromkeys(["32-true", best, auto_features]))
     layer = RECIPES[args.recipe].net.input.feature_layer
     backbone = build_backbone(args.backbone_weights, layer)
     gmacs = conv_gmacs(backbone, args.image_size)

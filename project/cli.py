@@ -187,15 +187,18 @@ def check_settings(settings: RunSettings) -> None:
 
 
 def _check_int8(settings: RunSettings) -> None:
-    """int8 features are computed by onnxruntime on the CPU, in one process, into the feature cache."""
+    """int8 features (``--precision int8``, or a resumed run trained on them) are computed by onnxruntime on the
+    CPU, in one process, into the feature cache."""
     trainer = settings.trainer
     if trainer.device_type != "cpu":
-        raise UserError("--precision int8 computes the features on the CPU (onnxruntime); on a GPU use auto, or "
-                        "add --accelerator cpu")
+        raise UserError("int8 features are computed on the CPU (onnxruntime): add --accelerator cpu, or choose "
+                        "another --precision")
     if trainer.devices not in ("auto", 1) or trainer.num_nodes != 1:
-        raise UserError("--precision int8 runs in one process: leave --devices and --num_nodes at their defaults")
+        raise UserError("int8 features are computed in one process: leave --devices and --num_nodes at their "
+                        "defaults, or choose another --precision")
     if not settings.data.feature_cache:
-        raise UserError("--precision int8 is a precision of the feature cache; drop --no_feature_cache")
+        raise UserError("int8 is a precision of the feature cache: drop --no_feature_cache, or choose another "
+                        "--precision")
     check_int8_available()
 
 
@@ -260,25 +263,39 @@ def _features_only_precision(config: dict) -> Optional[str]:
     return precision if precision in FEATURE_ONLY else None
 
 
-def _precision_flag(args: argparse.Namespace, saved: Optional[SavedRun]) -> str:
-    """``--precision``, except that with ``auto`` a resumed or re-tested int8 run goes on with int8 features."""
+def _precision_flag(args: argparse.Namespace, saved: Optional[SavedRun], device_type: str, devices) -> str:
+    """``--precision``, except that with ``auto`` a resumed or re-tested int8 run goes on with int8 features: a
+    resumed one always (its heads go on learning from them; :func:`check_settings` says what int8 needs), a re-tested
+    one where int8 can run, else on the native precision's features (README, "int8 features": the heads score the
+    same on fp32 features)."""
     if args.precision != "auto" or not (saved or args.test_only):
         return args.precision
     trained = saved.feature_precision if saved else _features_only_precision(
         run_files.read_config(run_files.run_dir_of(Path(args.ckpt_path))) or {})
-    return trained or args.precision
+    if trained is None or saved or _int8_runs_here(args, device_type, devices):
+        return trained or args.precision
+    logging.getLogger(__name__).info("This run was trained on int8 features; testing it on %s features (int8 runs "
+                                     "on the CPU, in one process, with a feature cache and the onnx extra)",
+                                     resolve_precision(args.precision, device_type))
+    return args.precision
+
+
+def _int8_runs_here(args: argparse.Namespace, device_type: str, devices) -> bool:
+    """Whether int8 features can be computed by this command: on the CPU, in one process, into a feature cache,
+    with the onnx extra installed."""
+    return device_type == "cpu" and devices in ("auto", 1) and args.num_nodes == 1 and not args.no_feature_cache \
+        and int8_is_available()
 
 
 def _int8_usable(args: argparse.Namespace, saved: Optional[SavedRun], device_type: str, devices) -> bool:
-    """Whether ``auto`` may choose int8 features (it does on a CPU without native bf16: ``resolve_feature_precision``):
-    only for a new run (a resumed or re-tested run keeps the features it was trained on), in one process on the
-    CPU, with a feature cache and the onnx extra installed."""
-    if saved or args.test_only or device_type != "cpu" or devices not in ("auto", 1) or args.num_nodes != 1 \
-            or args.no_feature_cache:
+    """Whether ``auto`` may choose int8 features (``resolve_feature_precision`` does on an x86 CPU without native
+    bf16): only for a new run (a resumed or re-tested run keeps the features it was trained on) where int8 runs."""
+    if args.precision != "auto" or saved or args.test_only or device_type != "cpu" or not cpu_is_x86() \
+            or cpu_has_native_bf16():
         return False
-    if int8_is_available():
+    if _int8_runs_here(args, device_type, devices):
         return True
-    if cpu_is_x86() and not cpu_has_native_bf16():
+    if not int8_is_available():
         logging.getLogger(__name__).info("Features in fp32: int8 features, about 2x faster on this CPU (no native "
                                          "bf16), need the onnx extra: %s", INT8_INSTALL_COMMAND)
     return False
@@ -302,7 +319,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
                         weight_decay=_flag_or(args.weight_decay, recipe.optimizer.weight_decay))
     device_type = device_type_for(args.accelerator)
     devices = parse_devices(args.devices, device_type)
-    precision = _precision_flag(args, saved)
+    precision = _precision_flag(args, saved, device_type, devices)
     data = DataSettings(
         data_dir=Path(args.data_dir).expanduser(),
         cache_dir=Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir(),

@@ -2,6 +2,9 @@
 
 import importlib.util
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,6 +68,25 @@ def test_speed_benchmark_measures_int8_raw_and_build(utkface_dir, cache_dir, tmp
     row = json.loads(out.with_suffix(".json").read_text())["rows"][0]
     assert row["precision"] == "int8" and row["raw_img_s"] > 0 and row["pipeline_img_s"] > 0
     assert "| int8 |" in out.read_text()
+
+
+def _cpuid_can_fault() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " cpuid_fault" in flags and shutil.which("cc") is not None
+
+
+@pytest.mark.skipif(not _cpuid_can_fault(), reason="needs Linux on a CPU with CPUID faulting and a C compiler")
+def test_avx2_only_makes_the_libraries_see_an_avx2_cpu_and_keeps_real_crashes():
+    avx2_only = ["bash", str(REPO / "benchmarks" / "avx2_only" / "run.sh"), sys.executable, "-c"]
+    probe = ("import torch; print(torch.backends.cpu.get_cpu_capability(), torch.cpu._is_avx512_bf16_supported(), "
+             "torch.cpu._is_amx_tile_supported())")
+    seen = subprocess.run(avx2_only + [probe], capture_output=True, text=True, timeout=300, check=True)
+    assert seen.stdout.split() == ["AVX2", "False", "False"]
+    crash = subprocess.run(avx2_only + ["import ctypes; ctypes.string_at(0)"], capture_output=True, timeout=60)
+    assert crash.returncode == 128 + 11  # a real segmentation fault still ends the program
 
 
 def test_serve_benchmark_builds_valid_requests(tmp_path):

@@ -113,11 +113,18 @@ def test_int8_run_calibrates_on_training_images_records_its_precision_and_reuses
     assert settings_for(resumed).trainer.feature_precision == settings_for(retest).trainer.feature_precision == "int8"
     assert settings_for(with_precision(resumed, "32")).trainer.feature_precision == "32-true"
     # ... and a run trained on other features keeps them, also where auto would start a new run on int8
+    # where int8 cannot run, a re-test falls back to the native features and a resume says what to do
+    assert settings_for(retest + ["--no_feature_cache"]).trainer.feature_precision == native_precision("cpu")
+    with pytest.raises(UserError, match="drop --no_feature_cache, or choose another --precision"):
+        settings_for(resumed + ["--no_feature_cache"])
+    # ... and a run trained on other features keeps them, also where auto would start a new run on int8
     _disable_native_bf16(monkeypatch)
     config = run_dir(runs) / "run_config.json"
     config.write_text(json.dumps({**json.loads(config.read_text()), "feature_precision": "32-true"}))
     assert settings_for(resumed).trainer.feature_precision == settings_for(retest).trainer.feature_precision \
         == "32-true"
+    config.unlink()  # a checkpoint without its run's files: the same
+    assert settings_for(retest).trainer.feature_precision == "32-true"
 
 
 def with_precision(flags, precision):
@@ -127,8 +134,10 @@ def with_precision(flags, precision):
 
 
 def _disable_native_bf16(monkeypatch):
+    """Make this machine an x86 CPU without native bf16 (AVX2 only), whatever it is."""
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
 
 
 def test_auto_picks_int8_features_on_a_cpu_without_native_bf16_where_they_work(
@@ -141,6 +150,8 @@ def test_auto_picks_int8_features_on_a_cpu_without_native_bf16_where_they_work(
         assert settings_for(auto + extra).trainer.feature_precision == "32-true"
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with caplog.at_level(logging.INFO):
+        assert settings_for(with_precision(auto, "32")).trainer.feature_precision == "32-true"
+        assert not caplog.text  # a chosen precision needs no hint
         assert settings_for(auto).trainer.feature_precision == "32-true"
     assert "need the onnx extra: pip install -e .[onnx]" in caplog.text
 
