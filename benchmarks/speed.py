@@ -65,7 +65,8 @@ def machine_name(device: torch.device) -> str:
     flags = "AVX-512-bf16" if torch.cpu._is_avx512_bf16_supported() else "no native bf16"
     if torch.cpu._is_amx_tile_supported():
         flags += " + AMX"
-    return f"{model}, {torch.get_num_threads()} threads, {flags}"
+    # the instruction set torch's kernels use: AVX2 on an AVX-512 CPU under benchmarks/avx2_only
+    return f"{model}, {torch.get_num_threads()} threads, {flags}, {torch.backends.cpu.get_cpu_capability()} kernels"
 
 
 def conv_gmacs(backbone: torch.nn.Module, image_size: int) -> float:
