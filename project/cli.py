@@ -35,8 +35,7 @@ from project.models.quantized import INSTALL_COMMAND as INT8_INSTALL_COMMAND
 from project.models.quantized import check_available as check_int8_available
 from project.models.quantized import is_available as int8_is_available
 from project.precision import CHOICES as PRECISION_CHOICES
-from project.precision import (FEATURE_ONLY, cpu_has_native_bf16, cpu_is_x86, resolve_feature_precision,
-                               resolve_precision)
+from project.precision import FEATURE_ONLY, auto_prefers_int8, resolve_feature_precision, resolve_precision
 from project.recipes import DEFAULT as DEFAULT_RECIPE
 from project.recipes import NOTEBOOK as NOTEBOOK_RECIPE
 from project.recipes import RECIPES, Recipe
@@ -190,16 +189,23 @@ def _check_int8(settings: RunSettings) -> None:
     """int8 features (``--precision int8``, or a resumed run trained on them) are computed by onnxruntime on the
     CPU, in one process, into the feature cache."""
     trainer = settings.trainer
-    if trainer.device_type != "cpu":
-        raise UserError("int8 features are computed on the CPU (onnxruntime): add --accelerator cpu, or choose "
-                        "another --precision")
-    if trainer.devices not in ("auto", 1) or trainer.num_nodes != 1:
-        raise UserError("int8 features are computed in one process: leave --devices and --num_nodes at their "
-                        "defaults, or choose another --precision")
-    if not settings.data.feature_cache:
-        raise UserError("int8 is a precision of the feature cache: drop --no_feature_cache, or choose another "
-                        "--precision")
+    blocker = _int8_blocker(trainer.device_type, trainer.devices, trainer.num_nodes, settings.data.feature_cache)
+    if blocker:
+        raise UserError(blocker)
     check_int8_available()
+
+
+def _int8_blocker(device_type: str, devices, num_nodes: int, feature_cache: bool) -> Optional[str]:
+    """Why int8 features cannot be computed with these settings (None when they can, the onnx extra aside)."""
+    if device_type != "cpu":
+        return ("int8 features are computed on the CPU (onnxruntime): add --accelerator cpu, or choose another "
+                "--precision")
+    if devices not in ("auto", 1) or num_nodes != 1:
+        return ("int8 features are computed in one process: leave --devices and --num_nodes at their defaults, or "
+                "choose another --precision")
+    if not feature_cache:
+        return "int8 is a precision of the feature cache: drop --no_feature_cache, or choose another --precision"
+    return None
 
 
 def parse_devices(value: str, device_type: str):
@@ -283,15 +289,14 @@ def _precision_flag(args: argparse.Namespace, saved: Optional[SavedRun], device_
 def _int8_runs_here(args: argparse.Namespace, device_type: str, devices) -> bool:
     """Whether int8 features can be computed by this command: on the CPU, in one process, into a feature cache,
     with the onnx extra installed."""
-    return device_type == "cpu" and devices in ("auto", 1) and args.num_nodes == 1 and not args.no_feature_cache \
+    return _int8_blocker(device_type, devices, args.num_nodes, not args.no_feature_cache) is None \
         and int8_is_available()
 
 
 def _int8_usable(args: argparse.Namespace, saved: Optional[SavedRun], device_type: str, devices) -> bool:
     """Whether ``auto`` may choose int8 features (``resolve_feature_precision`` does on an x86 CPU without native
     bf16): only for a new run (a resumed or re-tested run keeps the features it was trained on) where int8 runs."""
-    if args.precision != "auto" or saved or args.test_only or device_type != "cpu" or not cpu_is_x86() \
-            or cpu_has_native_bf16():
+    if args.precision != "auto" or saved or args.test_only or not auto_prefers_int8(device_type):
         return False
     if _int8_runs_here(args, device_type, devices):
         return True

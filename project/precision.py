@@ -35,6 +35,11 @@ def cpu_is_x86() -> bool:
     return platform.machine().lower() in ("x86_64", "amd64")
 
 
+def auto_prefers_int8(device_type: str) -> bool:
+    """Whether ``auto`` wants int8 features on ``device_type``: an x86 CPU without native bf16."""
+    return device_type == "cpu" and cpu_is_x86() and not cpu_has_native_bf16()
+
+
 def native_precision(device_type: str) -> str:
     """The fastest precision that ``device_type`` (``"cpu"`` or ``"cuda"``) runs without emulation."""
     if device_type == "cuda":
@@ -59,7 +64,7 @@ def resolve_feature_precision(precision: str, device_type: str, int8_usable: boo
     cache, a new run); otherwise the training precision."""
     if precision in FEATURE_ONLY:
         return precision
-    if precision == "auto" and device_type == "cpu" and int8_usable and cpu_is_x86() and not cpu_has_native_bf16():
+    if precision == "auto" and int8_usable and auto_prefers_int8(device_type):
         return "int8"
     return resolve_precision(precision, device_type)
 
