@@ -75,6 +75,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument("--image_size", type=int, default=None,
                       help=f"images are resized to this square size "
                            f"({_recipe_values(lambda r: r.net.input.image_size)})")
+    data.add_argument("--photo_views", action="store_true",
+                      help="also train on each face as if cut out of an ordinary photo (smaller, darker or brighter, "
+                           "turned, JPEG-compressed; fixed per image): for models that will see faces found by "
+                           "--detect_faces. One more feature pass; needs mirror images (the default recipe)")
     data.add_argument("--num_workers", type=int, default=min(2, os.cpu_count() or 1),
                       help="image-decoding worker processes")
     data.add_argument("--seed", type=int, default=42, help="seeds the split, initialisation and shuffling")
@@ -306,6 +310,13 @@ def _int8_usable(args: argparse.Namespace, saved: Optional[SavedRun], device_typ
     return False
 
 
+def _photo_views(args: argparse.Namespace, recipe: Recipe) -> bool:
+    if args.photo_views and not recipe.net.input.mirror:
+        raise UserError(f"--photo_views needs mirror images, which the {recipe.name} recipe does not use; "
+                        f"use --recipe {DEFAULT_RECIPE.name}")
+    return args.photo_views or recipe.net.input.photo_views
+
+
 def _flag_or(value, default):
     return default if value is None else value
 
@@ -318,7 +329,8 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
     saved = read_saved_run(args)
     recipe: Recipe = RECIPES[args.recipe or (saved.recipe if saved else DEFAULT_RECIPE.name)]
     net = saved.settings.net if saved else replace(recipe.net, input=replace(
-        recipe.net.input, image_size=_flag_or(args.image_size, recipe.net.input.image_size)))
+        recipe.net.input, image_size=_flag_or(args.image_size, recipe.net.input.image_size),
+        photo_views=_photo_views(args, recipe)))
     optimizer = replace(saved.settings.optimizer if saved else recipe.optimizer,
                         lr=_flag_or(args.lr, recipe.optimizer.lr),
                         weight_decay=_flag_or(args.weight_decay, recipe.optimizer.weight_decay))
@@ -356,6 +368,9 @@ def _check_resumable(args: argparse.Namespace, saved: SavedRun, settings: RunSet
     if args.image_size is not None and args.image_size != trained_at:
         raise UserError(f"--resume: this run was trained at --image_size {trained_at}; resume without "
                         f"--image_size, or start a new run")
+    if args.photo_views and not saved.settings.net.input.photo_views:
+        raise UserError("--resume: this run was trained without --photo_views; resume without it, or start a new "
+                        "run")
     planned = saved.max_epochs
     if saved.settings.optimizer.schedule == "onecycle" and planned is not None \
             and planned != settings.trainer.max_epochs:

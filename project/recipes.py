@@ -71,8 +71,9 @@ RECIPES: Dict[str, Recipe] = {recipe.name: recipe for recipe in (DEFAULT, NOTEBO
 
 
 def recipe_of(net: NetSettings) -> str:
-    """The name of the recipe whose network ``net`` is (whatever the image size), or ``custom``."""
+    """The name of the recipe whose network ``net`` is (whatever the image size and photo views), or ``custom``."""
     for recipe in RECIPES.values():
-        if replace(net, input=replace(net.input, image_size=recipe.net.input.image_size)) == recipe.net:
+        if replace(net, input=replace(net.input, image_size=recipe.net.input.image_size,
+                                      photo_views=recipe.net.input.photo_views)) == recipe.net:
             return recipe.name
     return "custom"

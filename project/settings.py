@@ -43,9 +43,14 @@ class InputSettings:
     feature_layer: str
     #: train on mirror images too and average the prediction of each face and its mirror image
     mirror: bool
+    #: train on photo views too (``project.data.photo_views``: each face as if cut out of an ordinary photo); needs
+    #: ``mirror``. Training only: evaluation and prediction see the images as they are.
+    photo_views: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("feature layer", self.feature_layer, FEATURE_LAYERS)
+        if self.photo_views and not self.mirror:
+            raise ValueError("photo views need mirror images (the default recipe)")
 
     @property
     def views(self) -> int:

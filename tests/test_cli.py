@@ -63,6 +63,7 @@ def test_fit_then_test_only_from_an_archive(utkface_archive, cache_dir, runs, tm
         (["--max_epochs", "0"], "--max_epochs must be at least 1"),
         (["--lr", "0"], "--lr must be positive"),
         (["--resume"], "--resume: no lightning_logs/version_*/checkpoints/last.ckpt"),
+        (["--photo_views", "--recipe", "notebook"], "--photo_views needs mirror images"),
     ],
 )
 def test_bad_flags_fail_early_with_one_line(flags, capsys, extra, message):
@@ -94,6 +95,8 @@ def test_resume_refuses_what_would_not_continue_the_same_run(flags, capsys):
     assert code == 2 and "planned for 1 epochs; resume with --max_epochs 1" in err
     code, err = run_cli(flags + ["--max_epochs", "1", "--resume", "--image_size", "64"], capsys)
     assert code == 2 and "trained at --image_size 32" in err
+    code, err = run_cli(flags + ["--max_epochs", "1", "--resume", "--photo_views"], capsys)
+    assert code == 2 and "trained without --photo_views" in err
 
 
 def make_not_utkface_tar(tmp_path):

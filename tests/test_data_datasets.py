@@ -8,10 +8,12 @@ from helpers.synthetic import write_undecodable_jpeg
 from project.data.datasets import CachedFeatureDataset, ImageDataset, find_undecodable
 from project.data.scan import scan_utkface
 from project.errors import UserError
-from project.transforms import mirror
+from project.data.photo_views import photo_rng, photo_view
+from project.transforms import build_transform, load_rgb_image, mirror
 
 
-@pytest.mark.parametrize("views, count", [("original", 1), ("mirrored", 1), ("random", 1), ("both", 2)])
+@pytest.mark.parametrize("views, count", [("original", 1), ("mirrored", 1), ("photo", 1), ("random", 1),
+                                          ("random+photo", 1), ("both", 2)])
 def test_image_items_hold_their_views(utkface_dir, views, count):
     items = scan_utkface(utkface_dir).items
     item = ImageDataset(utkface_dir, items, 32, views=views)[3]
@@ -22,6 +24,10 @@ def test_image_items_hold_their_views(utkface_dir, views, count):
         assert torch.equal(item["images"][0], face) and torch.equal(item["images"][1], mirror(face))
     if views == "mirrored":
         assert torch.equal(item["images"][0], mirror(face))
+    if views == "photo":  # the item's own fixed photo view, through the one preprocessing path
+        chip = load_rgb_image(utkface_dir / items[3].relpath)
+        expected = build_transform(32)(photo_view(chip, photo_rng(items[3].relpath)))
+        assert torch.equal(item["images"][0], expected) and not torch.equal(item["images"][0], face)
 
 
 class _Rows:
@@ -48,6 +54,22 @@ def test_cached_items_read_each_view_from_its_cache(utkface_dir):
     assert drawn.shape == (6, 1, 2, 1, 1) and set(drawn[:, 0, 0, 0, 0].abs().tolist()) == set(rows.tolist())
     with pytest.raises(ValueError, match="mirrored feature cache"):
         CachedFeatureDataset({"original": _Rows(1)}, rows, items, "random")
+
+
+def test_photo_views_are_a_third_of_training_items_and_need_their_cache(utkface_dir):
+    items = scan_utkface(utkface_dir).items
+    rows = np.arange(1, len(items) + 1)
+    caches = {"original": _Rows(1), "mirrored": _Rows(-1), "photo": _Rows(1000)}
+    torch.manual_seed(0)
+    drawn = CachedFeatureDataset(caches, rows, items, "random+photo").__getitems__(list(range(len(items))))
+    values = drawn["features"][:, 0, 0, 0, 0]
+    photo = values >= 1000
+    row_of = torch.where(photo, values / 1000, values.abs())
+    assert torch.equal(row_of, torch.as_tensor(rows, dtype=torch.float32))  # each item reads its own row
+    counts = [int(((values > 0) & ~photo).sum()), int((values < 0).sum()), int(photo.sum())]
+    assert all(len(items) / 6 < count < len(items) / 2 for count in counts), counts  # about a third each
+    with pytest.raises(ValueError, match="photo feature cache"):
+        CachedFeatureDataset({"original": _Rows(1), "mirrored": _Rows(-1)}, rows, items, "random+photo")
 
 
 def test_random_views_draw_the_same_coins_with_and_without_the_cache(utkface_dir):

@@ -26,7 +26,7 @@ def test_cached_rows_are_the_backbone_output_of_each_view(utkface_dir, cache_dir
     items = scan_utkface(utkface_dir).items[:10]
     backbone = random_backbone("block4")
     builder = make_builder(backbone, cache_dir)
-    for view in ("original", "mirrored"):
+    for view in ("original", "mirrored", "photo"):
         images = torch.stack([ImageDataset(utkface_dir, items, 32, views=view)[i]["images"][0] for i in range(10)])
         with torch.no_grad():
             expected = backbone(images)
@@ -42,8 +42,9 @@ def test_key_of_the_original_cache_is_unchanged_and_new_options_get_their_own(ut
     assert set(identity) == {"format", "files", "count", "image_size", "preprocessing", "dtype", "backbone"}
     block4 = make_builder(random_backbone("block4"), cache_dir)
     keys = {key(block5, utkface_dir, relpaths), key(block4, utkface_dir, relpaths),
-            key(block4, utkface_dir, relpaths, view="mirrored"), key(block5, utkface_dir, relpaths, view="mirrored")}
-    assert len(keys) == 4
+            key(block4, utkface_dir, relpaths, view="mirrored"), key(block5, utkface_dir, relpaths, view="mirrored"),
+            key(block4, utkface_dir, relpaths, view="photo")}
+    assert len(keys) == 5
 
 
 def test_key_changes_with_weights_size_precision_and_files(utkface_dir, cache_dir):

@@ -54,6 +54,24 @@ def test_cache_and_no_cache_give_the_same_metrics(flags, runs):
     assert cached["test_loss"] == pytest.approx(uncached["test_loss"], abs=1e-4)
 
 
+def test_photo_views_train_from_their_own_cache_and_are_never_built_for_a_retest(flags, runs, cache_dir):
+    settings = settings_for(flags + ["--max_epochs", "2", "--photo_views"])
+    cached = train(settings)
+    views = sorted(json.loads(p.read_text())["view"] for p in (cache_dir / "features").glob("*.json"))
+    assert views == ["mirrored", "original", "photo"]
+    checkpoint = torch.load(cached["checkpoint"], weights_only=True)
+    assert checkpoint["hyper_parameters"]["net"]["input"]["photo_views"] is True
+    uncached = train(settings_for(flags + ["--max_epochs", "2", "--photo_views", "--no_feature_cache"]))
+    assert cached["test_acc"] == uncached["test_acc"]  # the same photo views drawn for the same items
+    assert cached["test_loss"] == pytest.approx(uncached["test_loss"], abs=1e-4)
+    for path in (cache_dir / "features").glob("*"):
+        path.unlink()
+    folder = run_dir(runs)
+    retest(settings, cached["checkpoint"], folder / "split.json", folder / "retest.json")
+    views = sorted(json.loads(p.read_text())["view"] for p in (cache_dir / "features").glob("*.json"))
+    assert views == ["mirrored", "original"]  # evaluation sees the faces and their mirror images only
+
+
 def test_fast_dev_run(flags):
     metrics = train(settings_for(flags + ["--fast_dev_run"]))
     assert metrics["checkpoint"] == "(fast_dev_run: no checkpoint)" and metrics["test_images"] == 5

@@ -46,7 +46,8 @@ class UTKFaceDataModule(pl.LightningDataModule):
 
     Batches are dicts (see ``project.data.datasets``): ``images`` or ``features`` with an explicit views dimension,
     ``group`` and ``age``. Training serves one view per face (with mirror images: the face or its mirror image at
-    random); validation and test serve ``input.views`` views, averaged by the model.
+    random; with photo views too: one of the three); validation and test serve ``input.views`` views, averaged by
+    the model.
     """
 
     def __init__(self, data: DataSettings, model_input: InputSettings,
@@ -62,6 +63,7 @@ class UTKFaceDataModule(pl.LightningDataModule):
         self.split: Optional[Split] = None
         self.caches: Dict[str, FeatureCache] = {}
         self.datasets: Dict[str, Dataset] = {}
+        self.photo_views = model_input.photo_views
 
     # -- lightning hooks -------------------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -72,6 +74,8 @@ class UTKFaceDataModule(pl.LightningDataModule):
         """Scan, validate and split the images; build or open the feature caches if they are used."""
         if self.split is not None:
             return
+        # photo views serve training only: a re-test of a checkpoint neither builds nor reads their cache
+        self.photo_views = self.input.photo_views and stage in (None, "fit")
         source = resolve_data_dir(self.settings.data_dir, self.settings.cache_dir)
         self.scan = scan_source(source)
         self.root = self.scan.root
@@ -115,6 +119,7 @@ class UTKFaceDataModule(pl.LightningDataModule):
         (the cache build decodes every image once, so broken files are found here, before any training)."""
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         views = ("original", "mirrored") if self.input.mirror else ("original",)
+        views += ("photo",) if self.photo_views else ()
         shard = self._extraction_shard()
         excluded: set = set()
         for view in views:
@@ -154,7 +159,8 @@ class UTKFaceDataModule(pl.LightningDataModule):
         if not self.input.mirror:
             views = "original"
         else:
-            views = "random" if name == "train" else "both"
+            training = "random+photo" if self.photo_views else "random"
+            views = training if name == "train" else "both"
         if self.caches:
             return CachedFeatureDataset(self.caches, indices, items, views)
         return ImageDataset(self.root, items, self.input.image_size, views=views)

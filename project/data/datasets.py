@@ -1,10 +1,11 @@
-"""Datasets of decoded images and of cached backbone features, and the views (face / mirror image) they serve.
+"""Datasets of decoded images and of cached backbone features, and the views (face / mirror image / photo view)
+they serve.
 
 Every item is a dict, and so is every batch: ``images`` (``V x 3 x S x S``) or ``features`` (``V x C x H x W``),
 ``group``, ``age``, and the ``gender`` and ``ethnicity`` codes of ``project.demographics`` (for the error report).
-``V`` is the number of views of the face, an explicit dimension: 1 (the face, its mirror image, or one of the two
-drawn at random) or 2 (the face and its mirror image, averaged by the model). Nothing downstream guesses what a
-tensor holds from its shape.
+``V`` is the number of views of the face, an explicit dimension: 1 (the face, its mirror image, its photo view
+(``project.data.photo_views``), or one of them drawn at random) or 2 (the face and its mirror image, averaged by
+the model). Nothing downstream guesses what a tensor holds from its shape.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from typing import Dict, List, Mapping, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from project.data.photo_views import photo_rng, photo_view
 from project.data.scan import FaceItem
 from project.demographics import UNKNOWN_ETHNICITY, UNKNOWN_GENDER, code_or_unknown
 from project.errors import UserError
@@ -23,10 +26,16 @@ from project.progress import progress_interval
 from project.transforms import build_pixel_transform, build_transform, load_rgb_image, mirror
 
 #: How a dataset serves a face: ``original``; ``mirrored`` (the mirror-image feature cache is built from these);
-#: ``random`` (training: the face or its mirror image, a fair coin per item); ``both`` (evaluation: two views).
-VIEW_MODES = ("original", "mirrored", "random", "both")
+#: ``photo`` (the face as if cut out of an ordinary photo, fixed per image); ``random`` (training: the face or its
+#: mirror image, a fair coin per item); ``random+photo`` (training with ``--photo_views``: one of the three, each a
+#: third of the time); ``both`` (evaluation: the face and its mirror image).
+VIEW_MODES = ("original", "mirrored", "photo", "random", "random+photo", "both")
 #: The stored views a feature cache can hold (one cache each).
-CACHED_VIEWS = ("original", "mirrored")
+CACHED_VIEWS = ("original", "mirrored", "photo")
+#: The stored views each mode reads.
+_MODE_VIEWS = {"original": ("original",), "mirrored": ("mirrored",), "photo": ("photo",),
+               "random": ("original", "mirrored"), "random+photo": ("original", "mirrored", "photo"),
+               "both": ("original", "mirrored")}
 #: With ``on_error="flag"`` every item carries this key: False when its pixel data could not be decoded.
 DECODED = "decoded"
 
@@ -58,6 +67,14 @@ def _draw_mirror() -> bool:
     sequence, so training with and without the feature cache sees the same mirror images (and EpochSeeding reseeds
     it every epoch, so a resumed run does too)."""
     return bool(torch.rand(()) < 0.5)
+
+
+def _draw_view(mode: str) -> str:
+    """The stored view one training item serves in ``mode`` (``random`` or ``random+photo``), drawn from torch's
+    global RNG like :func:`_draw_mirror` (``random`` draws exactly what it drew before photo views existed)."""
+    if mode == "random":
+        return "mirrored" if _draw_mirror() else "original"
+    return _MODE_VIEWS[mode][int(torch.randint(3, ()))]
 
 
 class ImageDataset(Dataset):
@@ -96,15 +113,19 @@ class ImageDataset(Dataset):
                                 ) from None
             blank = torch.zeros(views_per_item(self.views), 3, self.image_size, self.image_size, dtype=self.dtype)
             return {"images": blank, **labels(item), DECODED: False}
-        record = {"images": self._views(self.transform(image)), **labels(item)}
+        record = {"images": self._views(image, item), **labels(item)}
         if self.flag_errors:
             record[DECODED] = True
         return record
 
-    def _views(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.views == "both":
+    def _views(self, image: Image.Image, item: FaceItem) -> torch.Tensor:
+        view = _draw_view(self.views) if self.views.startswith("random") else self.views
+        if view == "photo":
+            image = photo_view(image, photo_rng(item.relpath))
+        tensor = self.transform(image)
+        if view == "both":
             return torch.stack([tensor, mirror(tensor)])
-        if self.views == "mirrored" or (self.views == "random" and _draw_mirror()):
+        if view == "mirrored":
             tensor = mirror(tensor)
         return tensor.unsqueeze(0)
 
@@ -112,15 +133,14 @@ class ImageDataset(Dataset):
 class CachedFeatureDataset(Dataset):
     """Rows of the feature caches: ``{"features": V x C x H x W, "group", "age", ...}``, read a batch at a time.
 
-    ``caches`` maps each stored view (``original``, ``mirrored``) to its ``FeatureCache``; ``views`` picks what an
-    item serves (see :data:`VIEW_MODES`), and ``random`` and ``both`` need both caches.
+    ``caches`` maps each stored view (:data:`CACHED_VIEWS`) to its ``FeatureCache``; ``views`` picks what an item
+    serves (see :data:`VIEW_MODES`) and needs the caches of the views it reads.
     """
 
     def __init__(self, caches: Mapping[str, object], rows: np.ndarray, items: Sequence[FaceItem],
                  views: str = "original") -> None:
         self.views = check_view_mode(views)
-        needed = CACHED_VIEWS if self.views in ("random", "both") else (self.views,)
-        missing = [view for view in needed if view not in caches]
+        missing = [view for view in _MODE_VIEWS[self.views] if view not in caches]
         if missing:
             raise ValueError(f"views={views!r} needs the {' and '.join(missing)} feature cache")
         self.caches = dict(caches)
@@ -140,13 +160,16 @@ class CachedFeatureDataset(Dataset):
         indices = np.asarray(indices, dtype=np.int64)
         rows = self.rows[indices]
         if self.views == "both":
-            features = torch.stack([self.caches[view].read(rows) for view in CACHED_VIEWS], dim=1)
-        elif self.views == "random":
-            mirrored = np.array([_draw_mirror() for _ in rows], dtype=bool)
-            original = self.caches["original"].read(rows[~mirrored])  # each row read once, from its view's cache
-            features = torch.empty((len(rows),) + tuple(original.shape[1:]), dtype=original.dtype)
-            features[torch.from_numpy(~mirrored)] = original
-            features[torch.from_numpy(mirrored)] = self.caches["mirrored"].read(rows[mirrored])
+            features = torch.stack([self.caches[view].read(rows) for view in _MODE_VIEWS["both"]], dim=1)
+        elif self.views.startswith("random"):
+            drawn = np.array([_draw_view(self.views) for _ in rows])
+            parts = {view: drawn == view for view in _MODE_VIEWS[self.views]}
+            first = self.caches["original"].read(rows[parts["original"]])  # each row read once, from its view's cache
+            features = torch.empty((len(rows),) + tuple(first.shape[1:]), dtype=first.dtype)
+            features[torch.from_numpy(parts["original"])] = first
+            for view, chosen in parts.items():
+                if view != "original":
+                    features[torch.from_numpy(chosen)] = self.caches[view].read(rows[chosen])
             features = features.unsqueeze(1)
         else:
             features = self.caches[self.views].read(rows).unsqueeze(1)

@@ -39,6 +39,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from project.data.datasets import CACHED_VIEWS, DECODED, ImageDataset, undecoded_rows
+from project.data.photo_views import PHOTO_VIEW_VERSION
 from project.data.scan import FaceItem
 from project.fileutils import write_json_atomic
 from project.precision import autocast_dtype
@@ -60,6 +61,8 @@ _STORAGE = {
 #: Feature precisions whose encoder must first be calibrated on training images (``calibrate``).
 CALIBRATED_PRECISIONS = ("int8",)
 _FLUSH_EVERY_S = 20.0
+#: what the progress bar says it caches, per stored view
+_VIEW_DESCRIPTIONS = {"mirrored": " of mirror images", "photo": " of photo views"}
 
 
 def _no_barrier() -> None:
@@ -183,6 +186,8 @@ class FeatureCacheBuilder:
         # Added after the first caches were made; left out for the face itself so those caches stay valid.
         if view == "mirrored":
             identity["mirrored"] = True
+        elif view == "photo":
+            identity["photo_view"] = PHOTO_VIEW_VERSION
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20], identity
 
     def paths(self, key: str) -> Dict[str, Path]:
@@ -235,7 +240,7 @@ class FeatureCacheBuilder:
                 self._finish(paths, shape, shard.count, {
                     "key": key, "shape": list(shape), "dtype": dtype_name, "image_size": image_size,
                     "precision": self.precision, "preprocessing": PREPROCESSING_VERSION,
-                    "mirrored": view == "mirrored", "identity": identity})
+                    "mirrored": view == "mirrored", "view": view, "identity": identity})
             shard.barrier()
         if cache is not None:
             log.info("Using cached features %s", paths["final"])
@@ -339,7 +344,7 @@ class FeatureCacheBuilder:
         original_device = next(self.encoder.parameters()).device
         encoder = self.encoder.to(device)
         row, last_flush, began = first, time.monotonic(), time.monotonic()
-        description = "Caching features" + (" of mirror images" if view == "mirrored" else "")
+        description = "Caching features" + _VIEW_DESCRIPTIONS.get(view, "")
         bar = tqdm(total=end - start, initial=first - start, unit="img", desc=description,
                    disable=not self.progress or end == start, mininterval=progress_interval())
         try:
