@@ -81,6 +81,8 @@ class NetSettings:
         """Plain types only (lists, not tuples), for checkpoints and ``hparams.yaml``."""
         record = asdict(self)
         record["hidden_sizes"] = list(self.hidden_sizes)
+        if not self.input.photo_views:  # left out when off, so earlier releases still load these checkpoints
+            del record["input"]["photo_views"]
         return record
 
     @classmethod
@@ -201,7 +203,8 @@ class RunSettings:
         """The settings under their flag names, as JSON-ready values: the run folder's ``run_config.json``."""
         data, trainer, net_input = self.data, self.trainer, self.net.input
         return {
-            "data_dir": str(data.data_dir), "image_size": net_input.image_size, "num_workers": data.num_workers,
+            "data_dir": str(data.data_dir), "image_size": net_input.image_size,
+            "photo_views": net_input.photo_views, "num_workers": data.num_workers,
             "seed": data.seed, "split_file": _path_or_none(data.split_file), "strict_data": data.strict_data,
             "cache_dir": str(data.cache_dir), "no_feature_cache": not data.feature_cache, "recipe": self.recipe,
             "backbone_weights": self.backbone_weights, "lr": self.optimizer.lr,

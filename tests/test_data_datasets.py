@@ -95,3 +95,21 @@ def test_undecodable_images_raise_one_line_or_are_flagged(utkface_dir):
     flagged = ImageDataset(utkface_dir, items, 32, on_error="flag")
     assert flagged[row]["decoded"] is False and flagged[0]["decoded"] is True
     assert find_undecodable(utkface_dir, items, num_workers=0) == [row]
+
+
+def test_photo_views_are_drawn_alike_with_and_without_the_cache(utkface_dir):
+    """So a run on cached features trains on the same views as a run on the JPEGs (the cached rows themselves are
+    the backbone's output of each view: tests/test_feature_cache.py)."""
+    items = scan_utkface(utkface_dir).items[:12]
+    caches = {"original": _Rows(1), "mirrored": _Rows(-1), "photo": _Rows(1000)}
+    torch.manual_seed(3)
+    values = CachedFeatureDataset(caches, np.arange(1, 13), items, "random+photo").__getitems__(list(range(12)))
+    values = values["features"][:, 0, 0, 0, 0]
+    from_cache = ["photo" if v >= 1000 else "mirrored" if v < 0 else "original" for v in values.tolist()]
+    each_view = {view: ImageDataset(utkface_dir, items, 32, views=view) for view in ("original", "mirrored", "photo")}
+    drawn = ImageDataset(utkface_dir, items, 32, views="random+photo")
+    torch.manual_seed(3)
+    served = [drawn[i]["images"] for i in range(12)]  # one draw per item, in order, as training reads them
+    from_images = [[view for view, dataset in each_view.items() if torch.equal(dataset[i]["images"], images)]
+                   for i, images in enumerate(served)]
+    assert from_images == [[view] for view in from_cache] and len(set(from_cache)) == 3

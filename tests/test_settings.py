@@ -17,8 +17,17 @@ def test_network_and_optimizer_settings_survive_a_plain_dict_round_trip(recipe):
     assert OptimizerSettings.from_dict(recipe.optimizer.to_dict()) == recipe.optimizer
 
 
+def test_photo_views_survive_the_round_trip_and_are_left_out_when_off():
+    """Left out when off, so a checkpoint without photo views loads in a release that does not know them."""
+    assert "photo_views" not in DEFAULT.net.to_dict()["input"]
+    with_photos = replace(DEFAULT.net, input=replace(DEFAULT.net.input, photo_views=True))
+    assert with_photos.to_dict()["input"]["photo_views"] is True
+    assert NetSettings.from_dict(with_photos.to_dict()) == with_photos
+
+
 @pytest.mark.parametrize("make", [
     lambda: InputSettings(image_size=224, feature_layer="block3", mirror=False),
+    lambda: InputSettings(image_size=224, feature_layer="block5", mirror=False, photo_views=True),
     lambda: replace(NOTEBOOK.net, head="pooled"),
     lambda: replace(NOTEBOOK.net, target="years"),
     lambda: replace(NOTEBOOK.net, ensemble_size=0),
@@ -46,3 +55,4 @@ def test_the_record_names_every_setting_by_its_flag(flags):
     assert record["recipe"] == "default" and record["image_size"] == 32 and record["max_epochs"] == 3
     assert record["patience"] is None and record["no_feature_cache"] is False and record["precision"] == "32-true"
     assert record["lr"] == DEFAULT.optimizer.lr and record["resume_from"] is None
+    assert record["photo_views"] is False and settings_for(flags + ["--photo_views"]).record()["photo_views"] is True

