@@ -74,7 +74,8 @@ def _draw_view(mode: str) -> str:
     global RNG like :func:`_draw_mirror` (``random`` draws exactly what it drew before photo views existed)."""
     if mode == "random":
         return "mirrored" if _draw_mirror() else "original"
-    return _MODE_VIEWS[mode][int(torch.randint(3, ()))]
+    views = _MODE_VIEWS[mode]
+    return views[int(torch.randint(len(views), ()))]
 
 
 class ImageDataset(Dataset):
@@ -164,12 +165,11 @@ class CachedFeatureDataset(Dataset):
         elif self.views.startswith("random"):
             drawn = np.array([_draw_view(self.views) for _ in rows])
             parts = {view: drawn == view for view in _MODE_VIEWS[self.views]}
-            first = self.caches["original"].read(rows[parts["original"]])  # each row read once, from its view's cache
-            features = torch.empty((len(rows),) + tuple(first.shape[1:]), dtype=first.dtype)
-            features[torch.from_numpy(parts["original"])] = first
+            read = {view: self.caches[view].read(rows[chosen])  # each row read once, from its view's cache
+                    for view, chosen in parts.items()}
+            features = torch.empty((len(rows),) + tuple(read["original"].shape[1:]), dtype=read["original"].dtype)
             for view, chosen in parts.items():
-                if view != "original":
-                    features[torch.from_numpy(chosen)] = self.caches[view].read(rows[chosen])
+                features[torch.from_numpy(chosen)] = read[view]
             features = features.unsqueeze(1)
         else:
             features = self.caches[self.views].read(rows).unsqueeze(1)
