@@ -117,9 +117,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     trainer.add_argument("--num_nodes", type=int, default=1)
     trainer.add_argument("--precision", type=str, default="auto", choices=PRECISION_CHOICES,
                          help="auto = bf16-mixed where the CPU/GPU runs bf16 natively (16-mixed on GPUs without "
-                              "bf16); on a CPU without it, int8 features and fp32 heads where int8 works (one process, "
-                              "a feature cache, pip install -e .[onnx]), else 32-true; int8 = features from the "
-                              "backbone quantized to int8 by onnxruntime, heads trained in the native precision")
+                              "bf16); on an x86 CPU without it, int8 features and fp32 heads for a new run where "
+                              "int8 works (one process, a feature cache, pip install -e .[onnx]), else 32-true; "
+                              "int8 = features from the backbone quantized to int8 by onnxruntime, heads trained in "
+                              "the native precision")
     trainer.add_argument("--default_root_dir", type=str, default=".",
                          help="runs are written to DEFAULT_ROOT_DIR/lightning_logs/version_N")
     trainer.add_argument("--fast_dev_run", action="store_true", help="one batch of each split, for a smoke test")

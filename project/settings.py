@@ -3,8 +3,8 @@
 A :class:`~project.recipes.Recipe` holds the defaults of everything that decides accuracy; the command line's flags
 override single values; the result is one :class:`RunSettings`, built once and handed down. Each value has exactly
 one home: the network's shape in :class:`NetSettings` (whose :class:`InputSettings` - image size, feature layer,
-mirror images - the data pipeline receives too), the optimizer in :class:`OptimizerSettings`, data loading in
-:class:`DataSettings`, Lightning's Trainer in :class:`TrainerSettings`.
+mirror images, photo views - the data pipeline receives too), the optimizer in :class:`OptimizerSettings`, data
+loading in :class:`DataSettings`, Lightning's Trainer in :class:`TrainerSettings`.
 
 Checkpoints store :class:`NetSettings` and :class:`OptimizerSettings` as plain dicts (``to_dict``/``from_dict``), so
 they load with ``torch.load(weights_only=True)``.
@@ -136,7 +136,7 @@ class ObjectiveSettings:
 class DataSettings:
     """Where the images come from and how they are loaded (the DataModule's constructor)."""
 
-    #: a UTKFace folder or ``UTKFace.tar.gz``
+    #: a UTKFace folder, ``UTKFace.tar.gz`` or a ``.csv`` / ``.tsv`` labels table
     data_dir: Path
     #: feature caches (``features/``) and extracted archives (``extracted/``)
     cache_dir: Path

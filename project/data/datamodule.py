@@ -1,4 +1,5 @@
-"""UTKFaceDataModule: the images of a UTKFace folder or archive as train / validation / test batches."""
+"""UTKFaceDataModule: the images of a UTKFace folder, archive or labels table as train / validation / test
+batches."""
 
 from __future__ import annotations
 

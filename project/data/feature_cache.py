@@ -3,8 +3,9 @@
 With a frozen backbone and no random augmentation every epoch would recompute exactly the same features, which is
 over an hour per UTKFace epoch on a laptop CPU. The cache stores them once as a memory-mapped ``.npy`` file whose
 name is a hash of everything that determines them: the file list (names and sizes), the image size, the
-preprocessing, the encoder's identity (its hashed weights and where it is cut), the view (the face or its mirror
-image) and the dtype. A different input gives a different key, so a stale or foreign cache is never used.
+preprocessing, the encoder's identity (its hashed weights and where it is cut), the view (the face, its mirror
+image or its photo view) and the dtype. A different input gives a different key, so a stale or foreign cache is
+never used.
 
 Crash safety: rows are written into ``*.partial.npy`` and a progress file records how many rows are flushed; a
 killed build resumes from there, and only a complete file is renamed to its final name. A file lock makes

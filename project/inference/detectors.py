@@ -1,4 +1,5 @@
-"""The face detector of ``--face_detector``: dlib's HOG (default) or CNN detector, or OpenCV's Haar cascade.
+"""The face detector of ``--face_detector``: RetinaFace (default), dlib's HOG or CNN detector,
+or OpenCV's Haar cascade.
 
 One home for the face options of every command (``predict``, the server, the benchmarks): :class:`FaceOptions`,
 its flags (:func:`add_face_arguments`) and :func:`make_face_detector`.

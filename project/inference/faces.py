@@ -2,8 +2,9 @@
 
 UTKFace images are tight, aligned face chips, so a whole holiday photo looks nothing like a training image. With
 ``--detect_faces`` every face is found, cut out the way UTKFace cut its chips, and predicted on its own. The
-default detector is dlib's (``project.inference.dlib_faces``: HOG detector, 5-point landmarks, eye alignment);
-OpenCV's Haar cascade stays available (``project.inference.haar``). Both come with the ``faces`` extra.
+default detector is RetinaFace (``project.inference.retina_faces``: five landmarks, eye alignment); dlib's HOG and
+CNN detectors (``project.inference.dlib_faces``) and OpenCV's Haar cascade (``project.inference.haar``) stay
+available. All come with the ``faces`` extra.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""OpenCV's Haar cascade (2001): the previous default of ``--detect_faces``, kept as ``--face_detector haar``.
+"""OpenCV's Haar cascade (2001): the first default of ``--detect_faces``, kept as ``--face_detector haar``.
 
 Frontal, upright faces only, and no landmarks, so its crops are not aligned: a square around the Haar box, placed
 the way UTKFace crops faces. Needs OpenCV 4.x (OpenCV 5 ships no Haar cascades). ``benchmarks/faces.py`` measures
