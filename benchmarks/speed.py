@@ -9,7 +9,10 @@ Measures, in one run on one machine:
    (multiply-adds counted from the layers);
 2. the cache-building pipeline on real images (JPEG decoding in DataLoader workers + the same forward pass), as
    img/s and as a fraction of (1);
-3. one cached training epoch (+ validation) of the recipe's head on the full data set;
+3. one cached training epoch (+ validation) of the recipe's head on the full data set, on the features a new run's
+   ``--precision auto`` caches (int8 on an x86 CPU without native bf16 when the onnx extra is installed; else the
+   native precision) with the heads in the native precision, as a first run trains them (``--cached_precision``
+   picks other features; the cache is built first when it is missing);
 4. the seed-style cost: the backbone on every image every epoch, from the measured time of a few uncached steps;
 5. with ``--checkpoint``: warm latency of one photo (preprocessing + both views + heads, batch 1) through the
    predictor, per ``--backends``.
@@ -143,8 +146,9 @@ class EpochTimer(Callback):
         self.val.append(time.perf_counter() - self._v)
 
 
-def epoch_times(args, device, precision: str, cached: bool, limit_batches=None):
-    """(train epoch s, val s, train batches) of the real head training, cached or backbone-every-step."""
+def epoch_times(args, device, precision: str, cached: bool, limit_batches=None, feature_precision=None):
+    """(train epoch s, val s, train batches) of the real head training in ``precision``, cached (features in
+    ``feature_precision``, default ``precision``) or backbone-every-step."""
     pl.seed_everything(0, verbose=False)
     recipe = RECIPES[args.recipe]
     net = AgeNet(replace(recipe.net, input=replace(recipe.net.input, image_size=args.image_size)),
@@ -153,7 +157,7 @@ def epoch_times(args, device, precision: str, cached: bool, limit_batches=None):
     data = DataSettings(data_dir=Path(args.data_dir), cache_dir=Path(args.cache_dir), batch_size=args.batch_size,
                         seed=42, num_workers=args.num_workers, split_file=None, strict_data=False,
                         feature_cache=cached)
-    dm = build_datamodule(data, net, precision)
+    dm = build_datamodule(data, net, feature_precision or precision)
     timer = EpochTimer()
     trainer = pl.Trainer(max_epochs=1, accelerator=device.type if device.type == "cpu" else "gpu", devices=1,
                          precision=precision, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -226,6 +230,9 @@ def main(argv=None) -> int:
     parser.add_argument("--pipeline_images", type=int, default=1200, help="real images for the pipeline throughput")
     parser.add_argument("--uncached_batches", type=int, default=8, help="timed steps of the backbone-every-step run")
     parser.add_argument("--accelerator", default="auto", choices=("auto", "cpu", "gpu"))
+    parser.add_argument("--cached_precision", default=None, choices=("32-true", "bf16-mixed", "16-mixed", "int8"),
+                        help="features of the cached epoch (default: what --precision auto caches in a new run); "
+                             "the heads train in the native precision")
     parser.add_argument("--skip", nargs="*", default=[], choices=("raw", "pipeline", "cached", "uncached"))
     parser.add_argument("--out", default=None, help="also write the results (JSON next to it) here")
     args = parser.parse_args(argv)
@@ -252,12 +259,16 @@ def main(argv=None) -> int:
     subset = items[:: max(1, len(items) // args.pipeline_images)][: args.pipeline_images]
     timed = {item.relpath for item in subset}
     calibration = [item for item in items if item.relpath not in timed][:: max(1, len(items) // 256)][:256]
-    with tempfile.TemporaryDirectory() as work:
-        measure_precisions(args, precisions, results, backbone, device, gmacs, root, subset, calibration, Path(work))
+    if not {"raw", "pipeline"} <= set(args.skip):  # (int8 would be quantized for nothing)
+        with tempfile.TemporaryDirectory() as work:
+            measure_precisions(args, precisions, results, backbone, device, gmacs, root, subset, calibration,
+                               Path(work))
 
     if "cached" not in args.skip:
-        train_s, val_s, batches, _ = epoch_times(args, device, best, cached=True)
-        results["cached_epoch"] = {"precision": best, "train_s": train_s, "val_s": val_s, "batches": batches}
+        features = args.cached_precision or auto_features
+        train_s, val_s, batches, _ = epoch_times(args, device, best, cached=True, feature_precision=features)
+        results["cached_epoch"] = {"precision": best, "feature_precision": features, "train_s": train_s,
+                                   "val_s": val_s, "batches": batches}
         print(json.dumps(results["cached_epoch"]), flush=True)
     if "uncached" not in args.skip:
         train_s, _, batches, full = epoch_times(args, device, best, cached=False, limit_batches=args.uncached_batches)
@@ -287,7 +298,8 @@ def main(argv=None) -> int:
                      f"{row.get('pipeline_fraction', float('nan')):.0%} |")
     if "cached_epoch" in results:
         c = results["cached_epoch"]
-        lines.append(f"\nCached epoch ({c['precision']}, batch {args.batch_size}, {c['batches']} steps): "
+        lines.append(f"\nCached epoch ({c['feature_precision']} features, heads in {c['precision']}, batch "
+                     f"{args.batch_size}, {c['batches']} steps): "
                      f"train {c['train_s']:.1f} s + validation {c['val_s'] or 0:.1f} s.")
     if "uncached_epoch" in results:
         u = results["uncached_epoch"]

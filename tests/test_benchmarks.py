@@ -57,17 +57,24 @@ def test_speed_benchmark_runs_on_a_tiny_set(utkface_dir, cache_dir, tmp_path, ch
     assert "img/s" in out.read_text() and "One photo through the predictor" in out.read_text()
 
 
-def test_speed_benchmark_measures_int8_raw_and_build(utkface_dir, cache_dir, tmp_path):
+def test_speed_benchmark_measures_int8_raw_build_and_a_cached_epoch_on_int8_features(utkface_dir, cache_dir,
+                                                                                      tmp_path):
     pytest.importorskip("onnxruntime", reason="int8 needs the onnx extra")
     speed = load("speed")
     out = tmp_path / "speed.md"
     assert speed.main(["--data_dir", str(utkface_dir), "--backbone_weights", "none", "--image_size", "32",
                        "--cache_dir", str(cache_dir), "--num_workers", "0", "--raw_batches", "1",
                        "--pipeline_images", "20", "--accelerator", "cpu", "--precisions", "int8",
-                       "--skip", "cached", "uncached", "--out", str(out)]) == 0
-    row = json.loads(out.with_suffix(".json").read_text())["rows"][0]
+                       "--skip", "uncached", "--cached_precision", "int8", "--out", str(out)]) == 0
+    results = json.loads(out.with_suffix(".json").read_text())
+    row = results["rows"][0]
     assert row["precision"] == "int8" and row["raw_img_s"] > 0 and row["pipeline_img_s"] > 0
-    assert "| int8 |" in out.read_text()
+    # the heads train on int8 features (a cache built first) in the native precision, as a first run without bf16
+    cached = results["cached_epoch"]
+    assert cached["feature_precision"] == "int8" and cached["precision"] == speed.native_precision("cpu")
+    assert cached["batches"] == 1 and cached["train_s"] > 0
+    assert list((cache_dir / "features").glob("*.npy")) and list((cache_dir / "int8").glob("*.onnx"))
+    assert "| int8 |" in out.read_text() and "Cached epoch (int8 features" in out.read_text()
 
 
 def _cpuid_can_fault() -> bool:
