@@ -48,6 +48,7 @@ from project.models.backbone import build_backbone  # noqa: E402
 from project.models.net import AgeNet  # noqa: E402
 from project.models.quantized import Int8Features  # noqa: E402
 from project.models.quantized import is_available as int8_is_available  # noqa: E402
+from project.precision import CHOICES as PRECISION_CHOICES  # noqa: E402
 from project.precision import autocast_dtype, native_precision, resolve_feature_precision  # noqa: E402
 from project.recipes import RECIPES  # noqa: E402
 from project.settings import DataSettings, default_cache_dir  # noqa: E402
@@ -230,9 +231,9 @@ def main(argv=None) -> int:
     parser.add_argument("--pipeline_images", type=int, default=1200, help="real images for the pipeline throughput")
     parser.add_argument("--uncached_batches", type=int, default=8, help="timed steps of the backbone-every-step run")
     parser.add_argument("--accelerator", default="auto", choices=("auto", "cpu", "gpu"))
-    parser.add_argument("--cached_precision", default=None, choices=("32-true", "bf16-mixed", "16-mixed", "int8"),
-                        help="features of the cached epoch (default: what --precision auto caches in a new run); "
-                             "the heads train in the native precision")
+    parser.add_argument("--cached_precision", default="auto", choices=PRECISION_CHOICES,
+                        help="features of the cached epoch, read as the CLI's --precision reads it (auto: what a new "
+                             "run caches); the heads train in the native precision")
     parser.add_argument("--skip", nargs="*", default=[], choices=("raw", "pipeline", "cached", "uncached"))
     parser.add_argument("--out", default=None, help="also write the results (JSON next to it) here")
     args = parser.parse_args(argv)
@@ -265,7 +266,8 @@ def main(argv=None) -> int:
                                Path(work))
 
     if "cached" not in args.skip:
-        features = args.cached_precision or auto_features
+        features = resolve_feature_precision(args.cached_precision, device.type,
+                                             int8_usable=int8_is_available())
         train_s, val_s, batches, _ = epoch_times(args, device, best, cached=True, feature_precision=features)
         results["cached_epoch"] = {"precision": best, "feature_precision": features, "train_s": train_s,
                                    "val_s": val_s, "batches": batches}
