@@ -245,7 +245,8 @@ def main(argv=None) -> int:
     use_cuda = args.accelerator == "gpu" or (args.accelerator == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if use_cuda else "cpu")
     best = native_precision(device.type)
-    auto_features = resolve_feature_precision("auto", device.type, int8_usable=int8_is_available())
+    int8_usable = int8_is_available()
+    auto_features = resolve_feature_precision("auto", device.type, int8_usable=int8_usable)
     precisions = args.precisions or list(dict.fromkeys(["32-true", best, auto_features]))
     layer = RECIPES[args.recipe].net.input.feature_layer
     backbone = build_backbone(args.backbone_weights, layer)
@@ -266,8 +267,7 @@ def main(argv=None) -> int:
                                Path(work))
 
     if "cached" not in args.skip:
-        features = resolve_feature_precision(args.cached_precision, device.type,
-                                             int8_usable=int8_is_available())
+        features = resolve_feature_precision(args.cached_precision, device.type, int8_usable=int8_usable)
         train_s, val_s, batches, _ = epoch_times(args, device, best, cached=True, feature_precision=features)
         results["cached_epoch"] = {"precision": best, "feature_precision": features, "train_s": train_s,
                                    "val_s": val_s, "batches": batches}
