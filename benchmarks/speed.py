@@ -10,7 +10,7 @@ Measures, in one run on one machine:
 2. the cache-building pipeline on real images (JPEG decoding in DataLoader workers + the same forward pass), as
    img/s and as a fraction of (1);
 3. one cached training epoch (+ validation) of the recipe's head on the full data set, on the features a new run's
-   ``--precision auto`` caches (int8 on an x86 CPU without native bf16 when the onnx extra is installed; else the
+   ``--precision auto`` caches (int8 on an x86 CPU without AMX when the onnx extra is installed; else the
    native precision) with the heads in the native precision, as a first run trains them (``--cached_precision``
    picks other features; the cache is built first when it is missing);
 4. the seed-style cost: the backbone on every image every epoch, from the measured time of a few uncached steps;
@@ -221,7 +221,7 @@ def main(argv=None) -> int:
     parser.add_argument("--raw_batch_size", type=int, default=16, help="batch of the raw throughput")
     parser.add_argument("--precisions", nargs="*", default=None,
                         help="feature precisions to measure (default: 32-true, the device's native one and "
-                             "what auto's features are: int8 on an x86 CPU without native bf16)")
+                             "what auto's features are: int8 on an x86 CPU without AMX)")
     parser.add_argument("--checkpoint", default=None, help="a trained checkpoint: also time one-photo prediction")
     parser.add_argument("--backends", nargs="*", default=["torch"], choices=("torch", "onnx"))
     parser.add_argument("--latency_repeats", type=int, default=20)

@@ -299,15 +299,16 @@ def _int8_runs_here(args: argparse.Namespace, device_type: str, devices) -> bool
 
 
 def _int8_usable(args: argparse.Namespace, saved: Optional[SavedRun], device_type: str, devices) -> bool:
-    """Whether ``auto`` may choose int8 features (``resolve_feature_precision`` does on an x86 CPU without native
-    bf16): only for a new run (a resumed or re-tested run keeps the features it was trained on) where int8 runs."""
+    """Whether ``auto`` may choose int8 features (``resolve_feature_precision`` does on an x86 CPU without AMX):
+    only for a new run (a resumed or re-tested run keeps the features it was trained on) where int8 runs."""
     if args.precision != "auto" or saved or args.test_only or not auto_prefers_int8(device_type):
         return False
     if _int8_runs_here(args, device_type, devices):
         return True
     if not int8_is_available():
-        logging.getLogger(__name__).info("Features in fp32: int8 features, about 2x faster on this CPU (no native "
-                                         "bf16), need the onnx extra: %s", INT8_INSTALL_COMMAND)
+        features = {"bf16-mixed": "bf16", "32-true": "fp32"}[resolve_precision(args.precision, device_type)]
+        logging.getLogger(__name__).info("Features in %s: int8 features, over 2x faster on this CPU (no AMX), need "
+                                         "the onnx extra: %s", features, INT8_INSTALL_COMMAND)
     return False
 
 

@@ -153,10 +153,26 @@ def test_auto_picks_int8_features_on_a_cpu_without_native_bf16_where_they_work(
         assert settings_for(with_precision(auto, "32")).trainer.feature_precision == "32-true"
         assert not caplog.text  # a chosen precision needs no hint
         assert settings_for(auto).trainer.feature_precision == "32-true"
-    assert "need the onnx extra: pip install -e .[onnx]" in caplog.text
+    assert "Features in fp32: int8 features" in caplog.text and "need the onnx extra: pip install -e .[onnx]" \
+        in caplog.text
 
 
-def test_auto_keeps_bf16_features_where_the_cpu_has_native_bf16_and_fp32_off_x86(monkeypatch):
+def test_auto_picks_int8_features_with_bf16_heads_on_a_bf16_cpu_without_amx(
+        utkface_dir, cache_dir, runs, monkeypatch, caplog):
+    """An AMD Zen 4 (AVX-512-bf16 and VNNI, no AMX): int8 builds the caches 2.2x faster than bf16 there."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    auto = with_precision(fast_flags(utkface_dir, cache_dir, runs), "auto")
+    trainer = settings_for(auto).trainer
+    assert (trainer.feature_precision, trainer.precision) == ("int8", "bf16-mixed")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with caplog.at_level(logging.INFO):
+        assert settings_for(auto).trainer.feature_precision == "bf16-mixed"
+    assert "Features in bf16: int8 features" in caplog.text
+
+
+def test_auto_keeps_bf16_features_where_the_cpu_has_amx_and_fp32_off_x86(monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
     assert resolve_feature_precision("auto", "cpu", int8_usable=True) == "bf16-mixed"
     assert resolve_feature_precision("auto", "cuda", int8_usable=True) == native_precision("cuda")

@@ -1,4 +1,4 @@
-"""The frozen backbone in int8: onnxruntime's static post-training quantization, for CPUs without native bf16.
+"""The frozen backbone in int8: onnxruntime's static post-training quantization, for CPUs without AMX.
 
 On a CPU with AVX-512-bf16 or AMX, bf16 autocast halves the feature passes' cost; elsewhere torch runs them in fp32
 and a first run spends hours extracting features. int8 is the other way to cheaper passes: the conv base is exported
