@@ -117,8 +117,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     trainer.add_argument("--num_nodes", type=int, default=1)
     trainer.add_argument("--precision", type=str, default="auto", choices=PRECISION_CHOICES,
                          help="auto = bf16-mixed where the CPU/GPU runs bf16 natively (16-mixed on GPUs without "
-                              "bf16); on an x86 CPU without it, int8 features and fp32 heads for a new run where "
-                              "int8 works (one process, a feature cache, pip install -e .[onnx]), else 32-true; "
+                              "bf16); on an x86 CPU without AMX, int8 features for a new run where int8 works (one "
+                              "process, a feature cache, pip install -e .[onnx]), the heads in the native precision "
+                              "(32-true, or bf16-mixed with AVX-512-bf16); "
                               "int8 = features from the backbone quantized to int8 by onnxruntime, heads trained in "
                               "the native precision")
     trainer.add_argument("--default_root_dir", type=str, default=".",
