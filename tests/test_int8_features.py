@@ -118,7 +118,7 @@ def test_int8_run_calibrates_on_training_images_records_its_precision_and_reuses
     with pytest.raises(UserError, match="drop --no_feature_cache, or choose another --precision"):
         settings_for(resumed + ["--no_feature_cache"])
     # ... and a run trained on other features keeps them, also where auto would start a new run on int8
-    _disable_native_bf16(monkeypatch)
+    _x86_cpu_without_amx(monkeypatch)
     config = run_dir(runs) / "run_config.json"
     config.write_text(json.dumps({**json.loads(config.read_text()), "feature_precision": "32-true"}))
     assert settings_for(resumed).trainer.feature_precision == settings_for(retest).trainer.feature_precision \
@@ -133,16 +133,17 @@ def with_precision(flags, precision):
     return flags
 
 
-def _disable_native_bf16(monkeypatch):
-    """Make this machine an x86 CPU without native bf16 (AVX2 only), whatever it is."""
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+def _x86_cpu_without_amx(monkeypatch, avx512_bf16=False):
+    """Make this machine an x86 CPU without AMX, whatever it is: AVX2 only (no native bf16), or with
+    ``avx512_bf16`` (an AMD Zen 4)."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     monkeypatch.setattr(platform, "machine", lambda: "x86_64")
 
 
 def test_auto_picks_int8_features_on_a_cpu_without_native_bf16_where_they_work(
         utkface_dir, cache_dir, runs, monkeypatch, caplog):
-    _disable_native_bf16(monkeypatch)
+    _x86_cpu_without_amx(monkeypatch)
     auto = with_precision(fast_flags(utkface_dir, cache_dir, runs), "auto")
     trainer = settings_for(auto).trainer
     assert (trainer.feature_precision, trainer.precision) == ("int8", "32-true")  # the heads train in fp32
@@ -160,9 +161,7 @@ def test_auto_picks_int8_features_on_a_cpu_without_native_bf16_where_they_work(
 def test_auto_picks_int8_features_with_bf16_heads_on_a_bf16_cpu_without_amx(
         utkface_dir, cache_dir, runs, monkeypatch, caplog):
     """An AMD Zen 4 (AVX-512-bf16 and VNNI, no AMX): int8 builds the caches 2.2x faster than bf16 there."""
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    _x86_cpu_without_amx(monkeypatch, avx512_bf16=True)
     auto = with_precision(fast_flags(utkface_dir, cache_dir, runs), "auto")
     trainer = settings_for(auto).trainer
     assert (trainer.feature_precision, trainer.precision) == ("int8", "bf16-mixed")
@@ -176,7 +175,7 @@ def test_auto_keeps_bf16_features_where_the_cpu_has_amx_and_fp32_off_x86(monkeyp
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
     assert resolve_feature_precision("auto", "cpu", int8_usable=True) == "bf16-mixed"
     assert resolve_feature_precision("auto", "cuda", int8_usable=True) == native_precision("cuda")
-    _disable_native_bf16(monkeypatch)
+    _x86_cpu_without_amx(monkeypatch)
     monkeypatch.setattr(platform, "machine", lambda: "arm64")  # int8 features unmeasured on ARM: fp32
     assert resolve_feature_precision("auto", "cpu", int8_usable=True) == "32-true"
 
