@@ -18,7 +18,7 @@ from project.inference.dlib_faces import CHIP_PER_BOX, SMALLEST_BOX
 from project.inference.faces import DEFAULT_FACE_DETECTOR, FaceBox
 from project.inference.haar import HaarFaceDetector, face_crop_box
 from project.inference.predictor import NO_FACE
-from project.inference.retina_faces import anchors, non_maximum_suppression
+from project.inference.retina_faces import RetinaFaceDetector, anchors, non_maximum_suppression
 
 #: the detectors with landmarks and alignment: every behaviour below holds for both
 ALIGNING = ["retinaface", "hog"]
@@ -57,6 +57,7 @@ def test_the_chip_puts_the_eyes_where_utkface_has_them(angle, template):
     assert chip.size == (CHIP_SIDE, CHIP_SIDE)
     found_left, found_right = dot_centres(chip)
     assert np.allclose(found_left, template_left, atol=1.0) and np.allclose(found_right, template_right, atol=1.0)
+    assert np.allclose(alignment.to_photo(np.array([template_left, template_right])), [left, right])
 
 
 def test_a_face_at_the_edge_is_filled_with_grey():
@@ -124,6 +125,31 @@ def test_a_small_face_in_a_large_photo_is_found_on_the_downscaled_scan():
     [face] = detector.detect(photo)
     x, y, w, h = face.box  # in the photo's pixels: around the pasted head's centre (980, 580)
     assert abs(x + w / 2 - 980) < 20 and abs(y + h / 2 - 580) < 20 and 90 < w < 130 and face.angle > 10
+
+
+def _chip_geometry_spread(detector) -> np.ndarray:
+    """How much the chip's centre (share of the face's side), size (log) and turn (degrees) relative to the pasted
+    face vary (max - min) over the astronaut pasted at 48-192 px and turned -20 to 20 degrees."""
+    geometry = []
+    for side in (48, 96, 192):
+        for angle in (-20.0, 0.0, 20.0):
+            place, size = (max(side, 100), max(side, 100)), (3 * max(side, 100), 3 * max(side, 100))
+            [face] = detector.detect(photo_with_faces([(real_face(side, angle=angle), place)], size=size))
+            alignment = align(face.landmarks[0], face.landmarks[1], RETINAFACE_TEMPLATE)
+            geometry.append(((alignment.centre[0] - place[0] - side / 2) / side,
+                             (alignment.centre[1] - place[1] - side / 2) / side,
+                             math.log(alignment.side / side), alignment.angle + angle))
+    return np.ptp(np.array(geometry), axis=0)
+
+
+def test_retinafaces_second_look_cuts_a_face_alike_at_every_size_and_turn(monkeypatch):
+    detector = face_detector("retinaface", min_face=20)  # the first pass alone makes some 48 px faces' chips small
+    refined = _chip_geometry_spread(detector)
+    assert max(refined[:2]) < 0.03 and refined[2] < 0.08 and refined[3] < 6
+    # the first pass's landmarks alone (no second look) put the same face's chip far less consistently
+    monkeypatch.setattr(RetinaFaceDetector, "_central_face", staticmethod(lambda outputs, item: None))
+    first = _chip_geometry_spread(detector)
+    assert first[3] > 2 * refined[3] and first[2] > 2 * refined[2]
 
 
 def test_retinaface_says_no_face_for_tiny_and_thin_pictures():

