@@ -142,11 +142,11 @@ def _chip_geometry_spread(detector) -> np.ndarray:
     return np.ptp(np.array(geometry), axis=0)
 
 
-def test_retinafaces_second_look_cuts_a_face_alike_at_every_size_and_turn(monkeypatch):
+def test_retinaface_refines_the_eyes_so_a_face_is_cut_alike_at_every_size_and_turn(monkeypatch):
     detector = face_detector("retinaface", min_face=20)  # the first pass alone makes some 48 px faces' chips small
     refined = _chip_geometry_spread(detector)
     assert max(refined[:2]) < 0.03 and refined[2] < 0.08 and refined[3] < 6
-    # the first pass's landmarks alone (no second look) put the same face's chip far less consistently
+    # the first pass's landmarks alone (no eye refinement) put the same face's chip far less consistently
     monkeypatch.setattr(RetinaFaceDetector, "_central_face", staticmethod(lambda outputs, item: None))
     first = _chip_geometry_spread(detector)
     assert first[3] > 2 * refined[3] and first[2] > 2 * refined[2]

@@ -5,8 +5,8 @@ rotated so its eyes are level and scaled and cropped so its eyes land where UTKF
 learned on. Each landmark model marks the eyes a little differently, so each has its own template, measured on real
 UTKFace chips with that model (``benchmarks/utkface_eyes.py``: median eye centres, as fractions of the chip's side;
 the chips' own eyes are level to within 1.1 degrees, median): dlib's 5-point model on 1,000 chips (977 with one face
-found), RetinaFace's with its second look at each face (``project.inference.retina_faces``) on the same 1,000 (996
-found; its eye centres sit 1.5 % of the side higher than dlib's). The second look cuts its crop with this template,
+found), RetinaFace's with its eye refinement (``project.inference.retina_faces``) on the same 1,000 (996 found;
+its eye centres sit 1.5 % of the side higher than dlib's). The refinement cuts its crop with this template,
 so the template was measured again with it until it no longer moved (0.001 of the side).
 """
 

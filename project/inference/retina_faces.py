@@ -6,9 +6,10 @@ downloaded. Only those bytes are used: the package's own code is never imported 
 import time); the file is read as a Python bytes literal (``ast.literal_eval``: no code runs) and checked against
 its SHA-256. Anchors, box and landmark decoding and the non-maximum suppression are biubug6's, in numpy here.
 
-Unlike dlib's HOG detector it finds turned and small faces, at about 80 ms per megapixel on 2 CPU cores
-(``benchmarks/faces.py``), and its eye landmarks are the eye centres the alignment needs. The parameters of the
-second look (``raw_faces``) were chosen on the benchmark's scenes of seed 0 and checked on those of seed 1.
+Unlike dlib's HOG detector it finds turned and small faces, at about 90 ms per megapixel on 2 CPU cores
+(``benchmarks/faces.py``), and its eye landmarks are the eye centres the alignment needs; they are refined on each
+face's upright chip (``RetinaFaceDetector.refined_landmarks``). The parameters of the second look at unsure small
+faces (``raw_faces``) were chosen on the benchmark's scenes of seed 0 and checked on those of seed 1.
 """
 
 from __future__ import annotations
@@ -54,10 +55,10 @@ LOOK_MAX_BOX = 96
 MAX_LOOKS = 16
 LOOK_REGION = 2.5
 LOOK_SIDE = 160
-#: the second look at every face's landmarks (``RetinaFaceDetector.refined_landmarks``): the chip its first
-#: landmarks give, widened this many times, upright at ``CHIP_SIDE`` pixels, is run with its mirror image
+#: the eye refinement (``RetinaFaceDetector.refined_landmarks``): the chip a face's first landmarks give, widened
+#: this many times, upright at ``CHIP_SIDE`` pixels, is run with its mirror image, ``REFINE_BATCH`` cut-outs a run
+#: (a crowd's faces in a few batches, not one huge one)
 REFINE_REACH = 1.25
-#: at most this many cut-outs per network run (a crowd's faces in a few batches, not one huge one)
 REFINE_BATCH = 32
 
 
@@ -235,33 +236,41 @@ class RetinaFaceDetector:
         return found
 
     def refined_landmarks(self, image: Image.Image, points: List[np.ndarray]) -> List[np.ndarray]:
-        """Per face of ``raw_faces``: its eyes and nose ``(3, 2)`` (see :func:`eyes_and_nose`), looked at again.
+        """Per face of ``raw_faces`` (its 5 landmarks): its eyes and nose ``(3, 2)`` (see :func:`eyes_and_nose`;
+        left = on the left of the upright face, the photo's left for faces turned less than 90 degrees), refined.
 
         A face's first landmarks come from a pass over the whole photo, where the face may be small, turned or cut
         by the scan's grid. Its chip is cut again a little wider (``REFINE_REACH``), upright and at chip size, and
-        the network marks it and its mirror image once more (``REFINE_BATCH`` cut-outs a run); the two marks, the
-        mirror's flipped back, are averaged. On the faces benchmark's scenes this halves the error of the chip's
-        turn and takes a quarter off that of its size and centre (README, "Faces in photos"). A face the second
-        look does not find keeps its first landmarks."""
+        the network marks it and its mirror image once more; the two marks, the mirror's flipped back, are
+        averaged. On the faces benchmark's scenes this halves the error of the chip's turn and takes a fifth to a
+        third off those of its size and centre (README, "Faces in photos"). Only a face whose box is centred in the
+        middle half of the cut-out counts (not a neighbour in a crowd); a face whose cut-outs show none keeps its
+        first landmarks. (Keeping the first landmarks also where the refined eyes moved more than half the eye
+        distance lost faces instead: on the benchmark's scenes such moves were nearly all corrections.)"""
         first = [eyes_and_nose(*face[:3]) for face in points]
-        if not first:
-            return []
         regions = [align(tuple(eyes[0]), tuple(eyes[1]), RETINAFACE_TEMPLATE).widened(REFINE_REACH) for eyes in first]
         crops = []
         for region in regions:
             crop = cut_chip(image, region)
             crops += [np.asarray(crop), np.asarray(ImageOps.mirror(crop))]
-        runs = [self._session.run(None, {"input": network_input(crops[start:start + REFINE_BATCH])})
-                for start in range(0, len(crops), REFINE_BATCH)]
-        outputs = [np.concatenate(parts) for parts in zip(*runs)]
+        outputs = self._run_in_batches(crops)
         refined = []
         for k, (region, eyes) in enumerate(zip(regions, first)):
             marks = [self._central_face(outputs, 2 * k), self._central_face(outputs, 2 * k + 1)]
             if marks[1] is not None:
-                marks[1][:, 0] = CHIP_SIDE - marks[1][:, 0]  # flipped back: x -> side - x
+                # the mirror image's x back; pixel centres sit at i + 0.5 (as the anchors), so x -> side - x
+                marks[1][:, 0] = CHIP_SIDE - marks[1][:, 0]
             marks = [eyes_and_nose(*mark[:3]) for mark in marks if mark is not None]  # eyes sorted left, right
             refined.append(region.to_photo(np.mean(marks, axis=0)) if marks else eyes)
         return refined
+
+    def _run_in_batches(self, crops: List[np.ndarray]) -> List[np.ndarray]:
+        """The network's outputs for same-sized cut-outs, run ``REFINE_BATCH`` at a time and joined."""
+        if not crops:
+            return []
+        runs = [self._session.run(None, {"input": network_input(crops[start:start + REFINE_BATCH])})
+                for start in range(0, len(crops), REFINE_BATCH)]
+        return [np.concatenate(parts) for parts in zip(*runs)]
 
     @staticmethod
     def _central_face(outputs, item: int) -> Optional[np.ndarray]:
