@@ -154,6 +154,12 @@ def decode(outputs, item: int, size: Tuple[int, int], min_probability: float):
     return boxes, points, probability[chosen].astype(np.float64)
 
 
+def in_middle_half(centres: np.ndarray, side: int) -> np.ndarray:
+    """Whether each centre (``(..., 2)``, pixels) lies in the middle half of a ``side`` x ``side`` cut-out: a face
+    there is the one the cut-out was made for, whole, not a neighbour cut by its edge."""
+    return np.all(np.abs(np.asarray(centres) - side / 2) <= side / 4, axis=-1)
+
+
 class RetinaFaceDetector:
     """Every face of a photo with RetinaFace, aligned like a UTKFace chip.
 
@@ -230,7 +236,7 @@ class RetinaFaceDetector:
             crop_boxes, crop_points, crop_probability = decode(outputs, k, batch.shape[2:], self.threshold)
             for box, points, p in zip(crop_boxes, crop_points, crop_probability):
                 centre = (box[:2] + box[2:]) / 2
-                if np.all(np.abs(centre - LOOK_SIDE / 2) <= LOOK_SIDE / 4):  # whole: not cut by the crop's edge
+                if in_middle_half(centre, LOOK_SIDE):  # whole: not cut by the crop's edge
                     offset = np.array([left, top])
                     found.append((box / zoom + np.tile(offset, 2), points / zoom + offset, p))
         return found
@@ -274,10 +280,9 @@ class RetinaFaceDetector:
 
     @staticmethod
     def _central_face(outputs, item: int) -> Optional[np.ndarray]:
-        """The 5 landmarks of the most probable face near the middle of a second-look cut-out, if any."""
+        """The 5 landmarks of the most probable face in the middle of an eye-refinement cut-out, if any."""
         boxes, points, probability = decode(outputs, item, (CHIP_SIDE, CHIP_SIDE), PROPOSAL)
-        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
-        central = np.flatnonzero(np.all(np.abs(centres - CHIP_SIDE / 2) <= CHIP_SIDE / 4, axis=1))
+        central = np.flatnonzero(in_middle_half((boxes[:, :2] + boxes[:, 2:]) / 2, CHIP_SIDE))
         return points[central[np.argmax(probability[central])]].copy() if len(central) else None
 
     def landmarks(self, image: Image.Image) -> List[np.ndarray]:
