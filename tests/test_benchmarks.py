@@ -127,3 +127,22 @@ def test_cpu_backends_benchmark_compares_features_and_decisions(trained_run, che
     assert decisions["ort-fp32"]["relative_error_max"] < 1e-4  # the exported backbone computes the same features
     assert 0 < decisions["ort-int8"]["relative_error_mean"] < 0.5  # quantized: close, not equal
     assert "| ort-int8 |" in out.read_text()
+
+
+def test_small_degradations_move_or_enlarge_the_face_and_keep_its_size():
+    import numpy as np
+    from PIL import Image
+
+    degradations = load("degradations")
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (200, 200, 3), dtype=np.uint8)
+    moved = np.asarray(degradations.shifted(Image.fromarray(pixels), 2))
+    assert (moved[2:, 2:] == pixels[:-2, :-2]).all()  # whole pixels: nothing resampled
+    assert (moved[:2, 2:] == pixels[:1, :-2]).all() and (moved[2:, :2] == pixels[:-2, :1]).all()  # edge repeated
+    line = np.zeros((200, 200, 3), dtype=np.uint8)
+    line[:, 150] = 255  # 50 px right of the centre: 51.5 px after enlarging by 3 %
+    column = np.asarray(degradations.enlarged(Image.fromarray(line), 1.03))[100, :, 0].astype(float)
+    assert 151 < (column * np.arange(200)).sum() / column.sum() < 152
+    for name in degradations.SMALL:
+        changed = degradations.DEGRADATIONS[name](Image.fromarray(pixels))
+        assert changed.size == (200, 200) and changed.mode == "RGB", name
