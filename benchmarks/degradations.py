@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     parser.add_argument("--split_file", default=None, help="the run's split.json (default: beside the checkpoint)")
     parser.add_argument("--chips", type=int, default=400)
     parser.add_argument("--bf16", action="store_true",
-                        help="the backbone in bf16 autocast (CPUs with AVX-512-bf16 or AMX only): about 4x faster on "
+                        help="the backbone in bf16 autocast (CPUs with AVX-512-bf16 or AMX only): 3-4x faster on "
                              "an AMX Xeon; a few borderline chips may get another group than in fp32")
     args = parser.parse_args(argv)
     if args.bf16 and not cpu_has_native_bf16():
