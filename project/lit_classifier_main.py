@@ -4,6 +4,14 @@
     python project/lit_classifier_main.py --test_only --ckpt_path lightning_logs/version_0/checkpoints/last.ckpt \\
         --data_dir path/to/UTKFace.tar.gz
 
+From Python, as in any Lightning project::
+
+    model = LitClassifier.from_recipe("default")
+    datamodule = UTKFaceDataModule.from_path("path/to/UTKFace.tar.gz", model)
+    trainer = pl.Trainer(max_epochs=20)
+    trainer.fit(model, datamodule=datamodule)
+    trainer.test(model, datamodule=datamodule, ckpt_path="best")
+
 The model lives in :mod:`project.training.module`, the command line in :mod:`project.cli` (see ARCHITECTURE.md).
 """
 
@@ -17,9 +25,10 @@ if __package__ in (None, ""):  # run as a script: make ``import project`` work w
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from project.cli import main  # noqa: E402
+from project.data.datamodule import UTKFaceDataModule  # noqa: E402
 from project.training.module import LitClassifier  # noqa: E402
 
-__all__ = ["LitClassifier", "cli_main"]
+__all__ = ["LitClassifier", "UTKFaceDataModule", "cli_main"]
 
 
 def cli_main(argv: Optional[Sequence[str]] = None) -> int:

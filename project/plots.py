@@ -240,7 +240,7 @@ def plot_test_predictions(datamodule, model: TrainedNet, path: PathLike, max_gri
     # Twice the grid is enough to find some mistakes without running the whole test set through VGG16 again.
     sample = [items[i] for i in rng.permutation(len(items))[:2 * max_grid]]
     predictions = AgeGroupPredictor(model).predict([Path(datamodule.root) / item.relpath for item in sample],
-                                                   batch_size=batch_size)
+                                                   batch_size=batch_size, face_detector=None)  # chips already
     usable = [(item, p) for item, p in zip(sample, predictions) if p.ok]
     chosen = [usable[i] for i in choose_examples([p.group_index == item.group for item, p in usable], max_grid)]
     return plot_prediction_grid([Path(datamodule.root) / item.relpath for item, _ in chosen],

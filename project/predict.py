@@ -1,13 +1,14 @@
-"""Predict the age group of people in your own photos with a trained checkpoint: the command line.
+"""Predict the age group and age of the people in your own photos: the command line.
 
-    python project/predict.py --ckpt lightning_logs/version_0/checkpoints/last.ckpt photo.jpg more_photos/
-    python -m project.predict --ckpt CKPT photos/ --output predictions.csv --annotate annotated/ --detect_faces
+    age-classifier-predict photo.jpg more_photos/                  # the bundled model, every face found
+    python project/predict.py --ckpt lightning_logs/version_0/checkpoints/last.ckpt photos/ --output out.csv
+    python -m project.predict photos/ --annotate annotated/ --no-detect_faces      # each whole image is one face
 
 From Python, :class:`AgeGroupPredictor` (``project.inference.predictor``, importable from here too)::
 
-    predictor = AgeGroupPredictor.from_checkpoint("last.ckpt")
+    predictor = AgeGroupPredictor.pretrained()          # or AgeGroupPredictor.from_checkpoint("last.ckpt")
     for result in predictor.predict(["a.jpg", pil_image, numpy_array]):
-        print(result.source, result.group, result.confidence, result.error)
+        print(result.source, result.group, result.age, result.error)
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from project.errors import (  # noqa: E402
     add_debug_argument,
     exit_on_user_error,
 )
-from project.inference.detectors import add_face_arguments, face_options_from  # noqa: E402
+from project.inference.detectors import add_face_arguments, auto_face_detector, face_options_from  # noqa: E402
 from project.inference.drawing import annotate, save_image  # noqa: E402
 from project.inference.inputs import find_images, unique_names  # noqa: E402
 from project.inference.predictor import AgeGroupPredictor, Prediction, add_backend_argument  # noqa: E402
@@ -50,14 +51,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER",
                         help="image files and/or folders (searched recursively)")
-    parser.add_argument("--ckpt", "--ckpt_path", dest="ckpt", required=True,
-                        help="checkpoint written by training (or, with --backend onnx, an exported .onnx file)")
+    parser.add_argument("--ckpt", "--ckpt_path", dest="ckpt", default=None,
+                        help="checkpoint written by training, a bundled model's folder (age-classifier-bundle) or, "
+                             "with --backend onnx, an exported .onnx file (default: the bundled model, MODEL_CARD.md)")
     parser.add_argument("--output", type=str, default=None, metavar="FILE",
                         help="also write the results to FILE, a .csv or .json")
     parser.add_argument("--annotate", type=str, default=None, metavar="DIR",
                         help="write a copy of each image with its prediction drawn on it into DIR")
-    parser.add_argument("--detect_faces", action="store_true",
-                        help="find every face (pip install -e .[faces]), align it like UTKFace and predict each one")
+    parser.add_argument("--detect_faces", action=argparse.BooleanOptionalAction, default=None,
+                        help="find every face, align it like UTKFace and predict each one (an image that is a face "
+                             "chip already is predicted as it is); default: on where the faces extra is installed "
+                             "(pip install -e .[faces]); --no-detect_faces: each whole image is one face")
     add_face_arguments(parser)
     parser.add_argument("--batch_size", type=int, default=32, help="images per forward pass")
     parser.add_argument("--accelerator", "--device", dest="accelerator", default="auto", choices=ACCELERATORS,
@@ -71,8 +75,9 @@ def validate_args(args: argparse.Namespace) -> None:
     """Check the flags before the (slow) model load; raise :class:`UserError` with a one-line fix."""
     if args.batch_size < 1:
         raise UserError(f"--batch_size must be at least 1 (got {args.batch_size})")
-    if not Path(args.ckpt).expanduser().is_file():
-        raise UserError(f"--ckpt {args.ckpt} does not exist; pass a .ckpt written by training")
+    if args.ckpt is not None and not Path(args.ckpt).expanduser().exists():
+        raise UserError(f"--ckpt {args.ckpt} does not exist; pass a .ckpt written by training or a bundled model's "
+                        f"folder")
     if args.backend == "onnx" and args.accelerator in ("gpu", "cuda"):
         raise UserError("--backend onnx runs on the CPU: use --accelerator cpu or auto")
     if args.output and Path(args.output).suffix.lower() not in OUTPUT_SUFFIXES:
@@ -81,12 +86,22 @@ def validate_args(args: argparse.Namespace) -> None:
         raise UserError(f"--annotate {args.annotate} is a file; pass a folder for the annotated copies")
 
 
+def face_detector_for(args: argparse.Namespace):
+    """``--detect_faces``: the detector (the faces extra is needed); ``--no-detect_faces``: none; neither: the
+    detector where the faces extra is installed, else none (said once)."""
+    options = face_options_from(args)
+    if args.detect_faces is None:
+        return auto_face_detector(options)
+    return options.build() if args.detect_faces else None
+
+
 def run(args: argparse.Namespace) -> int:
     """Predict every input, print the table, write the outputs; 1 if nothing could be predicted."""
     validate_args(args)
     inputs = find_images(args.inputs)
-    detector = face_options_from(args).build() if args.detect_faces else None
+    detector = face_detector_for(args)
     predictor = AgeGroupPredictor.from_checkpoint(args.ckpt, device=args.accelerator, backend=args.backend)
+    print(f"model: {predictor.model_name}")
     annotated_names = unique_names([name for _, name in inputs])
     predictions: List[Prediction] = []
     results = predictor.iter_results([path for path, _ in inputs], args.batch_size, detector)

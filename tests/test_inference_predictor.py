@@ -33,7 +33,7 @@ def test_predictions_are_the_trained_models_calibrated_probabilities_and_ages(pr
         expected = model.predict_step(batch, 0)[0]
         _, years = model.net.predict(batch)
     ages = model.age_calibration.estimate(years)
-    [prediction] = predictor.predict(image)
+    [prediction] = predictor.predict(image, face_detector=None)
     assert [prediction.probabilities[label] for label in GROUP_LABELS] == pytest.approx(expected.tolist(), abs=1e-6)
     assert prediction.age == pytest.approx(ages.age.item())
     assert prediction.age_interval == pytest.approx((ages.low.item(), ages.high.item()))
@@ -46,22 +46,23 @@ def test_a_model_without_per_year_outputs_gives_no_age(tmp_path, photo_dir):
     from project.recipes import NOTEBOOK
 
     model = tiny_model(NOTEBOOK).eval()
-    [prediction] = AgeGroupPredictor(TrainedNet(model.net, 1.0, None)).predict(photo_dir / "rgb.png")
+    [prediction] = AgeGroupPredictor(TrainedNet(model.net, 1.0, None)).predict(photo_dir / "rgb.png",
+                                                                              face_detector=None)
     assert prediction.ok and prediction.age is None and prediction.age_interval is None
 
 
 def test_every_file_format_and_mode_is_predicted(predictor, photo_dir):
     assert Image.open(photo_dir / "sixteen_bit.png").mode == "I;16"
     assert Image.open(photo_dir / "cmyk.jpg").mode == "CMYK"
-    predictions = predictor.predict([photo_dir / name for name in IMAGE_MODES], batch_size=5)
+    predictions = predictor.predict([photo_dir / name for name in IMAGE_MODES], batch_size=5, face_detector=None)
     assert [Path(p.source).name for p in predictions] == IMAGE_MODES
     for prediction in predictions:
         assert_valid(prediction)
 
 
 def test_pil_images_arrays_and_single_inputs(predictor, photo_dir):
-    [from_file] = predictor.predict(photo_dir / "rgb.png")  # a single input still gives a list
-    from_pil, from_array = predictor.predict([Image.fromarray(pattern()), pattern()])
+    [from_file] = predictor.predict(photo_dir / "rgb.png", face_detector=None)  # a single input still gives a list
+    from_pil, from_array = predictor.predict([Image.fromarray(pattern()), pattern()], face_detector=None)
     assert (from_pil.source, from_array.source) == ("<PIL image #0>", "<array #1>")
     for prediction in (from_pil, from_array):
         assert prediction.probabilities == pytest.approx(from_file.probabilities, abs=1e-6)
@@ -73,7 +74,8 @@ def test_exif_orientation_is_applied(predictor, photo_dir):
         stored_pixels = Image.fromarray(np.asarray(stored))  # the same pixels without the EXIF tag
     upright = stored_pixels.transpose(Image.Transpose.ROTATE_270)  # what orientation 6 means
     assert upright.size == (32, 48)
-    from_file, by_hand, sideways = predictor.predict([photo_dir / "exif_rotated.jpg", upright, stored_pixels])
+    from_file, by_hand, sideways = predictor.predict([photo_dir / "exif_rotated.jpg", upright, stored_pixels],
+                                                       face_detector=None)
     assert from_file.probabilities == pytest.approx(by_hand.probabilities, abs=1e-6)
     assert from_file.probabilities != pytest.approx(sideways.probabilities, abs=1e-9)
 
@@ -81,7 +83,7 @@ def test_exif_orientation_is_applied(predictor, photo_dir):
 def test_unreadable_inputs_get_an_error_and_the_rest_go_on(predictor, photo_dir, tmp_path):
     inputs = [photo_dir / "corrupt.jpg", photo_dir / "rgb.jpg", photo_dir / "notes.txt", tmp_path / "missing.jpg",
               np.zeros((8, 8, 3), dtype=np.float32), photo_dir]
-    corrupt, good, text, missing, float_array, folder = predictor.predict(inputs)
+    corrupt, good, text, missing, float_array, folder = predictor.predict(inputs, face_detector=None)
     assert_valid(good)
     for failed in (corrupt, text, missing, float_array, folder):
         assert failed.error and failed.group is None and failed.probabilities == {}

@@ -32,10 +32,12 @@ def run_cli(argv, capsys):
 def test_cli_outputs_agree_with_the_api(predictor, checkpoint, photo_dir, tmp_path, capsys):
     annotated = tmp_path / "annotated"
     code, out, err = run_cli(["--ckpt", checkpoint, photo_dir, photo_dir / "notes.txt", "--output",
-                              tmp_path / "out.csv", "--annotate", annotated, "--device", "cpu"], capsys)
+                              tmp_path / "out.csv", "--annotate", annotated, "--device", "cpu", "--no-detect_faces"],
+                             capsys)
     assert code == 0
     assert "corrupt.jpg: not a readable image" in err and "notes.txt" in err
-    assert out.splitlines()[0].split() == ["file", "group", "age", "(interval)", *GROUP_LABELS]
+    assert out.splitlines()[0] == f"model: checkpoint {checkpoint.name}"  # every answer names its model
+    assert out.splitlines()[1].split() == ["file", "group", "age", "(interval)", *GROUP_LABELS]
 
     with open(tmp_path / "out.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -44,7 +46,8 @@ def test_cli_outputs_agree_with_the_api(predictor, checkpoint, photo_dir, tmp_pa
     assert sorted(by_name) == sorted(IMAGE_MODES + ["corrupt.jpg", "notes.txt"])  # folder walked, .txt only if named
     assert by_name["corrupt.jpg"]["error"] and not by_name["corrupt.jpg"]["group"]
 
-    api = {Path(p.source).name: p for p in predictor.predict([photo_dir / name for name in IMAGE_MODES])}
+    api = {Path(p.source).name: p for p in predictor.predict([photo_dir / name for name in IMAGE_MODES],
+                                                             face_detector=None)}
     for name in IMAGE_MODES:
         row = by_name[name]
         probabilities = [float(row[f"p_{label}"]) for label in GROUP_LABELS]
@@ -57,7 +60,8 @@ def test_cli_outputs_agree_with_the_api(predictor, checkpoint, photo_dir, tmp_pa
             assert copy.size == expected
     assert not (annotated / "corrupt.jpg").exists()
 
-    code, _, _ = run_cli(["--ckpt", checkpoint, photo_dir, "--output", tmp_path / "out.json"], capsys)
+    code, _, _ = run_cli(["--ckpt", checkpoint, photo_dir, "--output", tmp_path / "out.json", "--no-detect_faces"],
+                         capsys)
     records = json.loads((tmp_path / "out.json").read_text())
     assert code == 0 and len(records) == len(IMAGE_MODES) + 1
     for record in records:
@@ -71,7 +75,8 @@ def test_cli_outputs_agree_with_the_api(predictor, checkpoint, photo_dir, tmp_pa
 
 
 def test_cli_exit_codes(checkpoint, photo_dir, tmp_path, capsys):
-    code, _, err = run_cli(["--ckpt", checkpoint, photo_dir / "corrupt.jpg", photo_dir / "notes.txt"], capsys)
+    code, _, err = run_cli(["--ckpt", checkpoint, photo_dir / "corrupt.jpg", photo_dir / "notes.txt",
+                            "--no-detect_faces"], capsys)
     assert code == 1 and "no image could be predicted" in err
 
     for argv, message in [
@@ -89,7 +94,8 @@ def test_cli_exit_codes(checkpoint, photo_dir, tmp_path, capsys):
 
 def test_runs_as_a_script_and_as_a_module(checkpoint, photo_dir, tmp_path):
     script = subprocess.run([sys.executable, str(REPO / "project" / "predict.py"), "--ckpt", str(checkpoint),
-                             str(photo_dir / "rgb.png")], cwd=tmp_path, capture_output=True, text=True)
+                             str(photo_dir / "rgb.png"), "--no-detect_faces"], cwd=tmp_path, capture_output=True,
+                            text=True)
     assert script.returncode == 0, script.stderr
     assert "rgb.png" in script.stdout
     module = subprocess.run([sys.executable, "-m", "project.predict", "--ckpt", str(tmp_path / "missing.ckpt"),

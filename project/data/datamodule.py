@@ -4,9 +4,10 @@ batches."""
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
 
 import numpy as np
 import pytorch_lightning as pl
@@ -25,7 +26,7 @@ from project.data.scan import UNDECODABLE_REASON, FaceItem, ScanResult
 from project.data.sources import resolve_data_dir, scan_source
 from project.data.split import SPLITS, Split, load_split, new_split
 from project.errors import UserError
-from project.settings import DataSettings, InputSettings
+from project.settings import DataSettings, InputSettings, default_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,29 @@ class UTKFaceDataModule(pl.LightningDataModule):
         self.caches: Dict[str, FeatureCache] = {}
         self.datasets: Dict[str, Dataset] = {}
         self.photo_views = model_input.photo_views
+
+    @classmethod
+    def from_path(cls, data_dir: Union[str, os.PathLike], model, *, batch_size: int = 64, seed: int = 42,
+                  split_file: Union[str, os.PathLike, None] = None, num_workers: int = 2,
+                  cache_dir: Union[str, os.PathLike, None] = None, feature_cache: bool = True,
+                  precision: str = "32-true", strict_data: bool = False) -> "UTKFaceDataModule":
+        """The DataModule for ``model`` (a ``LitClassifier``, or its ``AgeNet``) on the images ``data_dir`` names:
+        a UTKFace folder or archive, or a labels table.
+
+        ``split_file``: a run's ``split.json`` (test a saved checkpoint on its own test images); else a new split
+        seeded by ``seed`` (write it with :meth:`save_split`). With ``feature_cache`` the frozen backbone runs once
+        per image and view, in ``precision`` (``32-true``, or ``bf16-mixed`` where the CPU or GPU has bf16), and the
+        cache is kept in ``cache_dir`` (default: ``~/.cache/age-group-classifier``) for the next run.
+        """
+        net = getattr(model, "net", model)
+        data = DataSettings(data_dir=Path(data_dir), cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(),
+                            batch_size=batch_size, seed=seed, num_workers=num_workers,
+                            split_file=Path(split_file) if split_file else None, strict_data=strict_data,
+                            feature_cache=feature_cache)
+        features = FeatureCacheBuilder(net.backbone, precision, data.cache_dir / "features",
+                                       batch_size=max(batch_size, 32), num_workers=num_workers) \
+            if feature_cache else None
+        return cls(data, net.settings.input, features)
 
     # -- lightning hooks -------------------------------------------------------------------------------------
     def prepare_data(self) -> None:

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from project.data.photo_views import photo_rng, photo_view
 from project.data.scan import FaceItem
+from project.data.sources import resolve_data_dir, scan_source
 from project.demographics import UNKNOWN_ETHNICITY, UNKNOWN_GENDER, code_or_unknown
 from project.errors import UserError
 from project.progress import progress_interval
@@ -202,3 +203,16 @@ def find_undecodable(root: Path, items: Sequence[FaceItem], num_workers: int) ->
             done += len(batch["group"])
             bar.update(len(batch["group"]))
     return rows
+
+
+def files_dataset(data_dir: Path, relpaths: Sequence[str], image_size: int, cache_dir: Path,
+                  views: str = "original") -> ImageDataset:
+    """The images ``relpaths`` of the dataset ``data_dir`` names (a folder, an archive or a labels table), with
+    their labels: a split's test faces, say. A name the dataset lacks is a one-line error."""
+    scan = scan_source(resolve_data_dir(data_dir, cache_dir))
+    index = {item.relpath: item for item in scan.items}
+    missing = [relpath for relpath in relpaths if relpath not in index]
+    if missing:
+        raise UserError(f"{len(missing)} of the {len(relpaths)} images asked for are not usable images of "
+                        f"{data_dir} (first: {missing[0]}); pass the dataset the model was tested on")
+    return ImageDataset(scan.root, [index[relpath] for relpath in relpaths], image_size, views=views)

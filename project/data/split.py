@@ -103,13 +103,18 @@ def new_split(all_items: Sequence[FaceItem], usable: np.ndarray, seed: int) -> S
     return Split({name: usable[rows] for name, rows in indices.items()})
 
 
-def load_split(path: Path, all_items: Sequence[FaceItem], usable: np.ndarray, root: Path) -> Split:
-    """The split of ``split.json`` at ``path``: its val and test images, and every other usable item for training."""
+def split_names(path: Path) -> Dict[str, List[str]]:
+    """The ``val`` and ``test`` file names of a ``split.json`` (one-line :class:`UserError` when it is unreadable)."""
     try:
         payload = json.loads(Path(path).read_text())
-        names = {"val": payload["val"], "test": payload["test"]}
+        return {"val": list(payload["val"]), "test": list(payload["test"])}
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise UserError(f"cannot read split file {path} ({err}); pass the split.json of the run") from None
+
+
+def load_split(path: Path, all_items: Sequence[FaceItem], usable: np.ndarray, root: Path) -> Split:
+    """The split of ``split.json`` at ``path``: its val and test images, and every other usable item for training."""
+    names = split_names(path)
     index = {item.relpath: i for i, item in enumerate(all_items)}
     indices: Dict[str, np.ndarray] = {}
     for name, relpaths in names.items():

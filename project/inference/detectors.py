@@ -8,11 +8,19 @@ its flags (:func:`add_face_arguments`) and :func:`make_face_detector`.
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass
 from typing import Optional
 
 from project.errors import UserError
-from project.inference.faces import DEFAULT_FACE_DETECTOR, FACE_DETECTORS, MIN_FACE
+from project.inference.faces import DEFAULT_FACE_DETECTOR, FACE_DETECTORS, INSTALL_HINT, MIN_FACE
+
+#: ``face_detector="auto"``: find faces with the default detector where the faces extra is installed
+AUTO = "auto"
+#: said once, on standard error, where ``auto`` finds no detector installed
+WHOLE_IMAGE_NOTE = (f"note: no face detector is installed, so each whole image is taken as one face; to find the "
+                    f"faces in photos: {INSTALL_HINT}")
+_told_whole_image = False
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,23 @@ def make_face_detector(detector: str = DEFAULT_FACE_DETECTOR, min_face: Optional
         model_folder()
         return None
     return DlibFaceDetector(model=detector, min_face=min_face, threshold=threshold)
+
+
+def auto_face_detector(options: Optional[FaceOptions] = None):
+    """The default face detector (``options``' detector), or ``None`` when the faces extra is not installed, which
+    is then said once per process in one line. A bad option is still a :class:`UserError`."""
+    global _told_whole_image
+    options = options or FaceOptions()
+    try:
+        options.check()
+    except UserError as err:
+        if "not installed" not in str(err):  # a bad option or a broken install is still an error
+            raise
+        if not _told_whole_image:
+            print(WHOLE_IMAGE_NOTE, file=sys.stderr)
+            _told_whole_image = True
+        return None
+    return options.build()
 
 
 def add_face_arguments(parser: argparse.ArgumentParser) -> None:

@@ -27,7 +27,8 @@ class OnnxNet:
     device = torch.device("cpu")
     dtype = torch.float32
 
-    def __init__(self, model: Union[str, Path, bytes], threads: Optional[int] = None) -> None:
+    def __init__(self, model: Union[str, Path, bytes], threads: Optional[int] = None,
+                 name: Optional[str] = None) -> None:
         try:
             import onnxruntime
         except ImportError:
@@ -51,6 +52,9 @@ class OnnxNet:
         calibration = record["age_calibration"]
         self.age_calibration = AgeCalibration.from_dict(calibration) if calibration else None
         self.outputs = [output.name for output in self.session.get_outputs()]
+        #: which model answers (for every answer to name): the exported model's own name, else its file's
+        self.name = name or record.get("name") or (f"exported {Path(model).name}" if not isinstance(model, bytes)
+                                                    else "an exported model")
 
     @property
     def image_size(self) -> int:

@@ -1,11 +1,13 @@
 """AgeGroupPredictor: age-group probabilities for paths, PIL images or arrays, one face or every face in a photo.
 
-    predictor = AgeGroupPredictor.from_checkpoint("last.ckpt")
+    predictor = AgeGroupPredictor.pretrained()            # the bundled model; or .from_checkpoint("last.ckpt")
     for result in predictor.predict(["a.jpg", pil_image, numpy_array]):
-        print(result.source, result.group, result.confidence, result.error)
+        print(result.source, result.group, result.age, result.error)
 
-Images go through exactly the training preprocessing (:mod:`project.transforms`). Only the checkpoint is needed:
-no dataset, no feature cache, no network, no Lightning.
+Every face of a photo is found and predicted on its own where the faces extra is installed (else each whole image
+is one face); an image that already is a face chip, one face filling the frame, is predicted as it is. Images go
+through exactly the training preprocessing (:mod:`project.transforms`). Only the model is needed: no dataset, no
+feature cache, no network, no Lightning.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from project.age_groups import GROUP_LABELS
 from project.calibration import AgeEstimate
 from project.devices import resolve_device
 from project.errors import UserError
+from project.inference.detectors import AUTO, auto_face_detector
+from project.models.bundle import PRETRAINED_DIR, is_bundle, load_bundle
 from project.models.checkpoint import TrainedNet, load_trained_net
 from project.transforms import ImageInput, build_transform, load_rgb_image
 
@@ -32,6 +36,11 @@ if TYPE_CHECKING:
 
 #: the note of a photo in which the detector found no face (a row of its own, never a crash)
 NO_FACE = "no face detected (smaller than --min_face, turned away, or none there)"
+#: A single face whose UTKFace-like crop overlaps the whole image at least this much (intersection over union) is
+#: taken to be a face chip already, and the image is predicted as it is: cutting it out again would only resample
+#: it. UTKFace's chips give 0.8-1.0 (RetinaFace's crop is placed by UTKFace's own eye positions); a face in a photo,
+#: even a close portrait, gives far less.
+CHIP_OVERLAP = 0.7
 
 
 @dataclass
@@ -140,45 +149,64 @@ class AgeGroupPredictor:
             if device is not None:
                 model.net.to(resolve_device(device))
         self.transform = build_transform(model.image_size)
+        self._auto_detector = None  # the default face detector, built on first use
+
+    @property
+    def model_name(self) -> str:
+        """Which model answers: the bundled model's name, or a checkpoint's or exported file's name."""
+        return self.model.name
 
     @classmethod
-    def from_checkpoint(cls, path: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu",
+    def pretrained(cls, device: Union[str, torch.device] = "cpu", backend: str = "torch") -> "AgeGroupPredictor":
+        """The model bundled with the package (``MODEL_CARD.md``): no training, no download, no network."""
+        return cls.from_checkpoint(PRETRAINED_DIR, device=device, backend=backend)
+
+    @classmethod
+    def from_checkpoint(cls, path: Union[str, os.PathLike, None] = None, device: Union[str, torch.device] = "cpu",
                         backend: str = "torch") -> "AgeGroupPredictor":
-        """Load a checkpoint written by training (safely: ``weights_only``, nothing downloaded).
+        """Load a checkpoint written by training (safely: ``weights_only``, nothing downloaded), a bundled model's
+        folder (``age-classifier-bundle``), or, for ``None``, the bundled model of the package.
 
         ``backend="onnx"`` runs the model with onnxruntime on the CPU: ``path`` is then a file written by
-        ``age-classifier-export``, or a checkpoint, which is exported (in memory) first.
+        ``age-classifier-export``, or a checkpoint or bundle, which is exported (in memory) first.
         """
         if backend not in BACKENDS:
             raise UserError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        path = PRETRAINED_DIR if path is None else path
         if backend == "torch":
             if str(path).lower().endswith(".onnx"):
                 raise UserError(f"{path} is an exported ONNX model: use --backend onnx")
-            return cls(load_trained_net(path, device=resolve_device(device)))
+            return cls(load_model(path, device=resolve_device(device)))
         from project.inference.onnx_backend import OnnxNet
 
         if str(path).lower().endswith(".onnx"):
             return cls(OnnxNet(path))
-        return cls(OnnxNet(export_to_bytes(load_trained_net(path))))
+        trained = load_model(path)
+        return cls(OnnxNet(export_to_bytes(trained), name=trained.name))
 
     # -- prediction ------------------------------------------------------------------------------------------
     def predict(self, images: Union[ImageInput, Iterable[ImageInput]], batch_size: int = 32,
-                face_detector=None) -> List[Prediction]:
+                face_detector=AUTO) -> List[Prediction]:
         """Predict paths, PIL images or uint8 arrays (one or a list); unreadable files get ``error`` set.
 
-        With a face detector (:func:`project.inference.detectors.make_face_detector`), every face found is
-        predicted on its own, from its UTKFace-like chip.
+        ``face_detector``: ``"auto"`` (the default) finds every face with RetinaFace where the faces extra is
+        installed, else takes each whole image as one face (and says so once); a detector
+        (:func:`project.inference.detectors.make_face_detector`) finds them its way; ``None`` takes each whole
+        image as one face. Every face found is predicted on its own, from its UTKFace-like chip; a face chip
+        already (one face filling the image, see :data:`CHIP_OVERLAP`) is predicted as it is.
         """
         return [p for result in self.iter_results(images, batch_size, face_detector) for p in result.predictions]
 
     def iter_results(self, images: Union[ImageInput, Iterable[ImageInput]], batch_size: int = 32,
-                     face_detector=None) -> Iterator[ImageResult]:
+                     face_detector=AUTO) -> Iterator[ImageResult]:
         """Like :meth:`predict`, but one :class:`ImageResult` per input, keeping the loaded image (for drawing).
 
         Inputs are read ``batch_size`` at a time, so a folder of thousands of photos never sits in memory.
         """
         if batch_size < 1:
             raise UserError(f"batch_size must be at least 1 (got {batch_size})")
+        if isinstance(face_detector, str):
+            face_detector = self._resolve_detector(face_detector)
         indexed = list(enumerate(_as_list(images)))
         for chunk in _chunks(indexed, batch_size):
             loaded = [self._load(item, index, face_detector) for index, item in chunk]
@@ -187,6 +215,13 @@ class AgeGroupPredictor:
             for batch in _chunks(crops, batch_size):
                 self._fill(batch)
             yield from (result for result, _ in loaded)
+
+    def _resolve_detector(self, name: str):
+        if name != AUTO:
+            raise UserError(f"face_detector must be {AUTO!r}, None or a detector (got {name!r})")
+        if self._auto_detector is None:
+            self._auto_detector = auto_face_detector() or False  # False: looked, none installed
+        return self._auto_detector or None
 
     def probabilities(self, rgb_images: Sequence[Image.Image]) -> np.ndarray:
         """Calibrated probabilities (``N x 5``) for upright RGB images, through the training preprocessing."""
@@ -212,6 +247,8 @@ class AgeGroupPredictor:
             return ImageResult(name, image, [Prediction(name, error=NO_FACE)]), [None]
         predictions = [Prediction(name, face_box=face.box, face_score=face.score, landmarks=face.landmarks)
                        for face in faces]
+        if len(faces) == 1 and fills_image(faces[0].box, image.size):
+            return ImageResult(name, image, predictions), [image]  # a face chip already: predicted as it is
         return ImageResult(name, image, predictions), [face.chip for face in faces]
 
     def _fill(self, batch: Sequence[Tuple[Prediction, Image.Image]]) -> None:
@@ -226,6 +263,19 @@ class AgeGroupPredictor:
                 prediction.age = float(ages.age[index])
                 if ages.low is not None:
                     prediction.age_interval = (float(ages.low[index]), float(ages.high[index]))
+
+
+def fills_image(box: Tuple[int, int, int, int], size: Tuple[int, int]) -> bool:
+    """Whether a face's crop ``(x, y, w, h)`` overlaps the whole ``(width, height)`` image by :data:`CHIP_OVERLAP`."""
+    x, y, w, h = box
+    width, height = size
+    inter = max(0, min(x + w, width) - max(x, 0)) * max(0, min(y + h, height) - max(y, 0))
+    return inter / (w * h + width * height - inter) >= CHIP_OVERLAP
+
+
+def load_model(path: Union[str, os.PathLike], device: Optional[torch.device] = None) -> TrainedNet:
+    """A bundled model's folder or a training checkpoint, as a :class:`TrainedNet`."""
+    return load_bundle(path, device=device) if is_bundle(path) else load_trained_net(path, device=device)
 
 
 def export_to_bytes(trained: TrainedNet) -> bytes:

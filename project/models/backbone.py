@@ -37,6 +37,11 @@ MIN_IMAGE_SIZE = 32
 _BLOCK_END = {"block4": 24, "block5": 31}
 
 
+def layers_run(layer: str) -> int:
+    """How many of ``vgg16().features``' layers a base cut after ``layer`` runs (the rest are kept but unused)."""
+    return _BLOCK_END[layer]
+
+
 def feature_map_size(image_size: int) -> int:
     """Height (= width) of the conv-base output for a square ``image_size`` input (7 at 224 px)."""
     size = image_size
@@ -75,10 +80,18 @@ class FrozenVGG16Features(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Images ``N x 3 x S x S`` (ImageNet-normalised RGB) -> features ``N x 512 x S/32 x S/32``."""
-        features = self.layers[:_BLOCK_END[self.layer]](images.contiguous(memory_format=torch.channels_last))
+        features = self.layers[:layers_run(self.layer)](images.contiguous(memory_format=torch.channels_last))
         if self.layer == "block4":
             features = F.avg_pool2d(features, 2)  # S/16 -> S/32: the same shape (and cache size) as block 5
         return features
+
+    def drop_unused_layers(self) -> "FrozenVGG16Features":
+        """Keep only the layers :meth:`forward` runs (a ``block4`` cut drops block 5): what a bundled model ships.
+
+        Such a base still computes the same features, but its state dict no longer fits a full VGG16 checkpoint.
+        """
+        self.layers = self.layers[:layers_run(self.layer)]
+        return self
 
     def feature_shape(self, image_size: int) -> tuple:
         """Shape ``(C, H, W)`` of the features of one ``image_size`` image."""

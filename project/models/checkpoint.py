@@ -127,6 +127,8 @@ class TrainedNet:
     temperature: float
     #: how per-year outputs become an age and an interval (None: the network predicts groups only)
     age_calibration: Optional[AgeCalibration] = None
+    #: which model this is, for every answer to name (a checkpoint's file, or the bundled model's name)
+    name: str = "a network in memory"
 
     @property
     def settings(self) -> NetSettings:
@@ -191,4 +193,5 @@ def load_trained_net(path: Union[str, os.PathLike], device: Optional[torch.devic
                         ) from None
     if device is not None:
         net.to(device)
-    return TrainedNet(net.eval(), float(checkpoint[TEMPERATURE_KEY]), age_calibration_of(checkpoint))
+    return TrainedNet(net.eval(), float(checkpoint[TEMPERATURE_KEY]), age_calibration_of(checkpoint),
+                      name=f"checkpoint {Path(path).name}")

@@ -48,7 +48,7 @@ def metadata(trained: TrainedNet) -> str:
     calibration = trained.age_calibration
     return json.dumps({"format": EXPORT_FORMAT, "net": trained.net.settings.to_dict(),
                        "temperature": trained.temperature,
-                       "age_calibration": calibration.to_dict() if calibration else None})
+                       "age_calibration": calibration.to_dict() if calibration else None, "name": trained.name})
 
 
 def export_onnx(trained: TrainedNet, output: Union[str, Path]) -> Path:

@@ -47,7 +47,8 @@ class AgeGroupAPI(ls.LitAPI):
     """Predicts every face of an uploaded photo with the checkpoint at ``checkpoint``.
 
     Args:
-        checkpoint: a ``.ckpt`` written by training (loaded in each worker with ``weights_only``).
+        checkpoint: a ``.ckpt`` written by training (loaded in each worker with ``weights_only``) or a bundled
+            model's folder.
         faces: how to find the faces (:class:`~project.inference.detectors.FaceOptions`); ``None``: the whole
             photo is one face.
         max_batch_size, batch_timeout: LitServe's dynamic batching (photos predicted together).
@@ -104,5 +105,6 @@ class AgeGroupAPI(ls.LitAPI):
         return answer
 
     def model_summary(self) -> Dict:
-        """What answers say about the model: its recipe and the project's version."""
-        return {"recipe": recipe_of(self.predictor.model.settings), "version": __version__}
+        """What answers say about the model: its name, recipe and the project's version."""
+        return {"name": self.predictor.model_name, "recipe": recipe_of(self.predictor.model.settings),
+                "version": __version__}

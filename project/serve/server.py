@@ -1,11 +1,12 @@
-"""``age-classifier-serve --ckpt PATH``: the prediction API and its web page, from a checkpoint alone.
+"""``age-classifier-serve``: the prediction API and its web page, with the bundled model or a checkpoint alone.
 
-    age-classifier-serve --ckpt lightning_logs/version_0/checkpoints/last.ckpt      # http://127.0.0.1:8000/
-    python -m project.serve --ckpt ... --port 8080 --max_batch_size 16 --no-detect_faces
+    age-classifier-serve                                                            # http://127.0.0.1:8000/
+    age-classifier-serve --ckpt lightning_logs/version_0/checkpoints/last.ckpt --port 8080 --no-detect_faces
 
-``POST /predict`` (multipart, field ``image``) answers every face's box, group, probabilities, age and interval;
-``GET /health``; ``GET /info`` (recipe, temperature, input size, classes); ``GET /`` the page. Binds 127.0.0.1 unless
-told otherwise; uploads are capped in bytes and pixels; errors are ``{"error": "..."}`` with a 4xx status.
+``POST /predict`` (a multipart form with the field ``image``, or the raw image as the body) answers every face's
+box, group, probabilities, age and interval, and the model's name; ``GET /health``; ``GET /info`` (model name,
+recipe, temperature, input size, classes); ``GET /`` the page. Binds 127.0.0.1 unless told otherwise; uploads are
+capped in bytes and pixels; errors are ``{"error": "..."}`` with a 4xx status.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from project.devices import ACCELERATORS, device_type_for
 from project.errors import OneLineArgumentParser, UserError, add_debug_argument, exit_on_user_error
 from project.inference.detectors import FaceOptions, add_face_arguments, face_options_from
 from project.inference.predictor import add_backend_argument
+from project.models.bundle import PRETRAINED_DIR, is_bundle, read_bundle_summary, read_record
 from project.models.checkpoint import read_summary
+from project.serve.uploads import TOO_LARGE, RawImageBodies
 from project.recipes import recipe_of
 
 PROGRAM = "age-classifier-serve"
@@ -33,17 +36,24 @@ STATIC_FILES = {"/": ("index.html", "text/html"), "/app.js": ("app.js", "text/ja
 
 
 def model_info(checkpoint: Path, backend: str = "torch") -> dict:
-    """``GET /info``'s model part: what the checkpoint (or exported model) is, read once in the server process."""
+    """``GET /info``'s model part: what the checkpoint, bundle or exported model is, read once in the server
+    process (settings only: the workers build the network)."""
     if checkpoint.suffix.lower() == ".onnx":
         from project.inference.onnx_backend import OnnxNet
 
         model = OnnxNet(checkpoint)
+        name = model.name
+    elif is_bundle(checkpoint):
+        model = read_bundle_summary(checkpoint)
+        name = read_record(checkpoint)["name"]
     else:
-        model = read_summary(checkpoint)  # settings only: the workers build the network
+        model = read_summary(checkpoint)
+        name = f"checkpoint {checkpoint.name}"
     settings = model.settings
     calibration = model.age_calibration
     return {
-        "recipe": recipe_of(settings), "version": __version__, "checkpoint": checkpoint.name, "backend": backend,
+        "name": name, "recipe": recipe_of(settings), "version": __version__, "checkpoint": checkpoint.name,
+        "backend": backend,
         "classes": list(GROUP_LABELS), "input_size": settings.input.image_size,
         "mirror_views": settings.input.mirror, "heads": settings.ensemble_size,
         "temperature": model.temperature, "ages": calibration is not None,
@@ -70,11 +80,11 @@ def build_server(checkpoint: Path, accelerator: str = "auto", workers_per_device
                           max_payload_size=int(max_upload_mb * 1024 * 1024))
 
     async def http_error(request: Request, err: HTTPException):
-        message = "the upload is larger than the server accepts (--max_upload_mb)" if err.status_code == 413 \
-            else str(err.detail)
+        message = TOO_LARGE if err.status_code == 413 else str(err.detail)
         return error_response(err.status_code, message)
 
     server.app.add_exception_handler(HTTPException, http_error)
+    server.app.add_middleware(RawImageBodies, path=api.api_path, max_bytes=int(max_upload_mb * 1024 * 1024))
     # LitServe answers "/" with "litserve running"; the page takes its place
     server.app.router.routes = [route for route in server.app.router.routes
                                 if getattr(route, "path", None) not in STATIC_FILES]
@@ -95,8 +105,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(prog=PROGRAM, description="Serve a trained checkpoint: a prediction API and a "
                                    "web page where a photo's faces get their age group and age.",
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--ckpt", "--ckpt_path", dest="ckpt", required=True,
-                        help="checkpoint written by training (or, with --backend onnx, an exported .onnx file)")
+    parser.add_argument("--ckpt", "--ckpt_path", dest="ckpt", default=str(PRETRAINED_DIR),
+                        help="checkpoint written by training, a bundled model's folder (age-classifier-bundle) or, "
+                             "with --backend onnx, an exported .onnx file (default: the bundled model, MODEL_CARD.md)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--accelerator", default="auto", choices=ACCELERATORS, help="auto = the GPU when there is one")
@@ -120,8 +131,9 @@ def check_args(args: argparse.Namespace) -> Path:
     except ImportError:
         raise UserError("serving needs LitServe, which is not installed: pip install -e .[serve]") from None
     checkpoint = Path(args.ckpt).expanduser()
-    if not checkpoint.is_file():
-        raise UserError(f"--ckpt {args.ckpt} does not exist; pass a .ckpt written by training")
+    if not (checkpoint.is_file() or is_bundle(checkpoint)):
+        raise UserError(f"--ckpt {args.ckpt} does not exist; pass a .ckpt written by training or a bundled model's "
+                        f"folder")
     for name in ("workers_per_device", "max_batch_size"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be at least 1 (got {getattr(args, name)})")
@@ -144,7 +156,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         server = build_server(checkpoint, args.accelerator, args.workers_per_device, args.max_batch_size,
                               args.batch_timeout, args.detect_faces, args.max_upload_mb, args.backend,
                               face_options_from(args))
-        print(f"{PROGRAM}: serving {checkpoint} at http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
+        print(f"{PROGRAM}: serving {server.model_metadata['name']} at http://{args.host}:{args.port}/ "
+              f"(Ctrl-C stops)", flush=True)
         # LitServe shuts its worker and HTTP processes down on Ctrl-C; SIGTERM (docker stop, systemd, kill) would
         # end this process alone and leave them running, so it takes the same way out.
         signal.signal(signal.SIGTERM, _stop)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
@@ -32,7 +32,10 @@ from project.models.checkpoint import (
     saved_settings,
     upgrade_checkpoint,
 )
+from project.errors import UserError
+from project.models.backbone import build_backbone
 from project.models.net import AgeNet
+from project.recipes import RECIPES
 from project.settings import ObjectiveSettings, OptimizerSettings
 
 
@@ -102,6 +105,21 @@ class LitClassifier(pl.LightningModule):
         self.test_records = CatMetric(nan_strategy="disable")
         #: recall, confusion matrix, calibration, ages and slices of the last test pass (see ``on_test_epoch_end``)
         self.test_results: Dict[str, Any] = {}
+
+    @classmethod
+    def from_recipe(cls, recipe: str = "default", backbone_weights: str = "imagenet", **net_input) -> "LitClassifier":
+        """A new model as a recipe (``project.recipes``: ``default`` or ``notebook``) builds it, with the pretrained
+        VGG16 of ``backbone_weights`` (``imagenet``: torchvision's download; or a local state dict file).
+
+        ``net_input`` overrides the recipe's input settings, e.g. ``image_size=224`` or ``photo_views=True``.
+        Train it for the recipe's ``max_epochs`` (its one-cycle schedule is planned over the Trainer's epochs).
+        """
+        if recipe not in RECIPES:
+            raise UserError(f"unknown recipe {recipe!r}; choose one of {', '.join(sorted(RECIPES))}")
+        chosen = RECIPES[recipe]
+        settings = replace(chosen.net, input=replace(chosen.net.input, **net_input))
+        backbone = build_backbone(backbone_weights, settings.input.feature_layer)
+        return cls(AgeNet(settings, backbone), chosen.optimizer, chosen.objective)
 
     # -- checkpoints -----------------------------------------------------------------------------------------
     @classmethod

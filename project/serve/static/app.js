@@ -107,7 +107,7 @@ function setUp() {
   drop.addEventListener("drop", (event) => predict(event.dataTransfer.files[0]));
   fetch("/info").then((response) => response.json()).then((info) => {
     const model = info.model || {};
-    $("model").textContent = `Model: ${model.recipe} recipe, ${model.input_size} px, version ${model.version}` +
+    $("model").textContent = `Model: ${model.name} (${model.recipe} recipe, ${model.input_size} px), version ${model.version}` +
       (model.ages ? ", ages in years" : ", age groups only");
   }).catch(() => {});
 }

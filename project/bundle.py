@@ -1,0 +1,136 @@
+"""``age-classifier-bundle``: a trained checkpoint turned into the small, offline bundled form.
+
+    age-classifier-bundle --ckpt lightning_logs/version_0/checkpoints/best-...ckpt --output my_model/ \\
+        --data_dir UTKFace.tar.gz      # also test it on its run's test split and record the figures
+
+The bundle (``project.models.bundle``) holds the backbone layers the network runs and its heads in float16
+(safetensors), its calibrations and settings (``model.json``), and the test split's file names. With
+``--data_dir`` the command tests the checkpoint (float32) and the bundle on that split through the prediction path,
+records the bundle's metrics in ``model.json`` and reports how many decisions float16 changed. The package's own
+model (``project/pretrained/``) is made by this command; ``--ckpt`` of predict, serve and export takes a bundle's
+folder as well as a checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+if __package__ in (None, ""):  # run as a script: make ``import project`` work without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from project import __version__  # noqa: E402
+from project.data.datasets import files_dataset  # noqa: E402
+from project.data.split import split_names  # noqa: E402
+from project.devices import machine_name  # noqa: E402
+from project.errors import OneLineArgumentParser, UserError, add_debug_argument, exit_on_user_error  # noqa: E402
+from project.inference.evaluation import Evaluation, evaluate  # noqa: E402
+from project.models.bundle import RECORD_FILE, TEST_FILES, load_bundle, write_bundle  # noqa: E402
+from project.models.checkpoint import load_trained_net  # noqa: E402
+from project.settings import default_cache_dir  # noqa: E402
+
+PROGRAM = "age-classifier-bundle"
+
+
+def run_folder_file(checkpoint: Path, name: str) -> Path:
+    """A file of the checkpoint's run folder (``version_N/checkpoints/x.ckpt`` -> ``version_N/name``)."""
+    return checkpoint.resolve().parent.parent / name
+
+
+def training_record(checkpoint: Path, command: Optional[str]) -> Dict:
+    """How the checkpoint was trained: its file, the run's settings and its own test figures, where the run folder
+    still has them."""
+    record: Dict = {"checkpoint": checkpoint.name}
+    config_path, metrics_path = run_folder_file(checkpoint, "run_config.json"), run_folder_file(checkpoint,
+                                                                                                "test_metrics.json")
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    if command is None and config:
+        command = (f"python project/lit_classifier_main.py --data_dir {Path(config['data_dir']).name} "
+                   f"--recipe {config['recipe']} --seed {config['seed']}"
+                   + (" --photo_views" if config.get("photo_views") else ""))
+    record["command"] = command
+    for key in ("recipe", "seed", "image_size", "photo_views", "precision", "feature_precision", "max_epochs"):
+        if key in config:
+            record[key] = config[key]
+    if metrics_path.is_file():
+        metrics = json.loads(metrics_path.read_text())
+        record["run_test"] = {"accuracy": metrics.get("test_acc"), "mae": (metrics.get("ages") or {}).get("mae"),
+                              "note": "the training run's own test, on its cached features"}
+    return record
+
+
+def fp16_check(full: Evaluation, bundled: Evaluation) -> Dict:
+    """How far storing the weights in float16 moved the test figures."""
+    changed = int((full.records.predicted_group != bundled.records.predicted_group).sum())
+    full_metrics, bundled_metrics = full.metrics(), bundled.metrics()
+    return {
+        "decisions_changed": changed, "share_changed": changed / len(full.probabilities),
+        "max_abs_diff_probabilities": float(np.abs(full.probabilities - bundled.probabilities).max()),
+        "accuracy_float32": full_metrics["accuracy"], "accuracy_float16": bundled_metrics["accuracy"],
+        "mae_float32": full_metrics["ages"].get("mae"), "mae_float16": bundled_metrics["ages"].get("mae"),
+    }
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = OneLineArgumentParser(prog=PROGRAM, description=__doc__.split("\n\n")[0],
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--ckpt", "--ckpt_path", dest="ckpt", required=True, help="checkpoint written by training")
+    parser.add_argument("--output", required=True, help="the folder to write the bundle into")
+    parser.add_argument("--name", default=None, help="the model's name in every answer (default: the checkpoint's "
+                                                     "recipe, seed and file)")
+    parser.add_argument("--data_dir", default=None, help="test the checkpoint and the bundle on its run's test split")
+    parser.add_argument("--split_file", default=None, help="the run's split.json (default: beside the checkpoint)")
+    parser.add_argument("--training_command", default=None, help="the command that trained it, for model.json "
+                                                                 "(default: rebuilt from the run's run_config.json)")
+    parser.add_argument("--num_workers", type=int, default=2, help="image-decoding processes for the test")
+    add_debug_argument(parser)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Bundle, test (with ``--data_dir``), report; exit code 2 for a usage error."""
+    args = get_args_parser().parse_args(argv)
+    with exit_on_user_error(PROGRAM, debug=args.debug):
+        checkpoint, output = Path(args.ckpt).expanduser(), Path(args.output).expanduser()
+        split_file = Path(args.split_file).expanduser() if args.split_file else run_folder_file(checkpoint,
+                                                                                                "split.json")
+        if args.data_dir and not split_file.is_file():
+            raise UserError(f"no split.json beside {checkpoint}: pass --split_file")
+        trained = load_trained_net(checkpoint)
+        training = training_record(checkpoint, args.training_command)
+        name = args.name or f"{training.get('recipe', 'custom')}-seed{training.get('seed', '?')}-{checkpoint.stem}"
+        names: Optional[List[str]] = split_names(split_file)["test"] if split_file.is_file() else None
+        record = {"created": datetime.date.today().isoformat(), "project_version": __version__,
+                  "training": training}
+        write_bundle(trained, output, name, record, names)
+        if args.data_dir and names:
+            dataset = files_dataset(args.data_dir, names, trained.image_size, default_cache_dir())
+            torch.manual_seed(0)
+            full = evaluate(trained, dataset, num_workers=args.num_workers, description="Testing the checkpoint")
+            bundled = evaluate(load_bundle(output), dataset, num_workers=args.num_workers,
+                               description="Testing the bundle")
+            record["test"] = {"files": TEST_FILES, "machine": machine_name(), "torch": torch.__version__,
+                              "date": datetime.date.today().isoformat(), "metrics": bundled.metrics(),
+                              "float16_check": fp16_check(full, bundled)}
+            write_bundle(trained, output, name, record, names)
+            check = record["test"]["float16_check"]
+            metrics = record["test"]["metrics"]
+            print(f"{PROGRAM}: {name} on {len(names)} test faces: accuracy {metrics['accuracy']:.2%}, MAE "
+                  f"{metrics['ages'].get('mae', float('nan')):.2f} years; float16 changed {check['decisions_changed']}"
+                  f" decisions ({check['share_changed']:.2%}), accuracy {check['accuracy_float32']:.2%} -> "
+                  f"{check['accuracy_float16']:.2%}")
+        size = sum(path.stat().st_size for path in output.iterdir() if path.is_file())
+        print(f"{PROGRAM}: wrote {output} ({size / 1e6:.1f} MB: weights, {RECORD_FILE}"
+              + (f", {TEST_FILES}" if names else "") + ")")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
