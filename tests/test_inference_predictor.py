@@ -99,3 +99,38 @@ def test_a_bad_checkpoint_or_batch_size_is_a_user_error(predictor, tmp_path, che
         AgeGroupPredictor.from_checkpoint(broken)
     with pytest.raises(UserError, match="batch_size must be at least 1"):
         predictor.predict([tmp_path], batch_size=0)
+
+
+def test_faces_are_found_by_default_and_a_face_chip_is_predicted_as_it_is(predictor):
+    """``face_detector="auto"``: the faces of a photo are found; a face chip (one face filling it) is not cut again."""
+    from helpers.photos import real_face
+    from helpers.run_if import face_detector
+
+    detector = face_detector("retinaface")
+    photo = Image.new("RGB", (640, 480), (90, 120, 150))
+    photo.paste(real_face(160), (300, 120))
+    [in_photo] = predictor.predict(photo)
+    x, y, w, h = in_photo.face_box
+    assert in_photo.ok and 300 < x + w / 2 < 460 and 120 < y + h / 2 < 280
+    [face] = detector.detect(photo)
+    [as_found] = predictor.predict(face.chip)  # a UTKFace-like chip: its one face fills the frame
+    [as_is] = predictor.predict(face.chip, face_detector=None)
+    assert as_found.face_box is not None
+    assert as_found.probabilities == pytest.approx(as_is.probabilities, abs=1e-6)
+
+
+def test_without_the_faces_extra_each_whole_image_is_one_face_and_it_is_said_once(monkeypatch, checkpoint,
+                                                                                    photo_dir, capsys):
+    from project.inference import detectors
+
+    def not_installed(self):
+        raise UserError(f"--face_detector retinaface needs onnxruntime, which is not installed: "
+                        f"{detectors.INSTALL_HINT}")
+
+    monkeypatch.setattr(detectors.FaceOptions, "check", not_installed)
+    monkeypatch.setattr(detectors, "_told_whole_image", False)
+    fresh = AgeGroupPredictor.from_checkpoint(checkpoint)
+    first, second = fresh.predict([photo_dir / "rgb.png", photo_dir / "rgb.jpg"])
+    fresh.predict(photo_dir / "rgb.png")
+    assert first.ok and second.ok and first.face_box is None
+    assert capsys.readouterr().err.count("each whole image is taken as one face") == 1

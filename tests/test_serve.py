@@ -51,12 +51,26 @@ def post(client, data: bytes, content_type: str = "image/jpeg", field: str = "im
     return client.post("/predict", files={field: (name, data, content_type)})
 
 
+def raw(client, data: bytes, content_type="image/jpeg"):
+    """POST ``data`` as the request body itself (``curl --data-binary @photo.jpg -H "Content-Type: image/jpeg"``)."""
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    return client.post("/predict", content=data, headers=headers)
+
+
+def test_a_raw_image_body_is_answered_like_an_upload(client):
+    for content_type in ("image/jpeg", "application/octet-stream"):
+        response = raw(client, GOOD, content_type)
+        assert response.status_code == 200, response.text
+        assert response.json()["faces"] == post(client, GOOD).json()["faces"]
+
+
 def test_a_photo_gets_its_group_age_and_interval(client):
     response = post(client, GOOD)
     assert response.status_code == 200, response.text
     answer = response.json()
     assert answer["image"] == {"width": 40, "height": 48} and "note" not in answer
     assert answer["model"]["recipe"] == "default" and answer["model"]["version"]
+    assert answer["model"]["name"].startswith("checkpoint best-")  # every answer names its model
     [face] = answer["faces"]
     assert face["box"] is None and face["group"] in GROUP_LABELS
     assert sum(face["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
@@ -73,6 +87,13 @@ def test_a_photo_gets_its_group_age_and_interval(client):
     (lambda c: c.post("/predict", data={"image": "not a file"}), 400, "field named 'image'"),
     (lambda c: post(c, GOOD + b"\0" * 2_000_000), 413, "larger than the server accepts"),
     (lambda c: post(c, png_bomb(), content_type="image/png", name="bomb.png"), 413, "too large"),
+    (lambda c: raw(c, b"GIF89a, but not really"), 415, "not a readable image"),
+    (lambda c: raw(c, GOOD + b"\0" * 2_000_000), 413, "larger than the server accepts"),
+    (lambda c: raw(c, b'{"image": "photo.jpg"}', "application/json"), 415, "'application/json' is not an image"),
+    (lambda c: raw(c, GOOD, None), 415, "without a Content-Type"),
+    (lambda c: raw(c, b"--other\r\nContent-Disposition: form-data; name=\"image\"\r\n\r\nxx\r\n--other--\r\n",
+                   "multipart/form-data; boundary=expected"), 400, "does not contain its boundary"),
+    (lambda c: raw(c, b"anything", "multipart/form-data"), 400, "declares no boundary"),
 ])
 def test_every_bad_request_gets_a_4xx_line_and_the_server_goes_on(client, send, status, message):
     response = send(client)

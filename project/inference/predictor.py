@@ -265,12 +265,17 @@ class AgeGroupPredictor:
                     prediction.age_interval = (float(ages.low[index]), float(ages.high[index]))
 
 
-def fills_image(box: Tuple[int, int, int, int], size: Tuple[int, int]) -> bool:
-    """Whether a face's crop ``(x, y, w, h)`` overlaps the whole ``(width, height)`` image by :data:`CHIP_OVERLAP`."""
+def image_overlap(box: Tuple[int, int, int, int], size: Tuple[int, int]) -> float:
+    """Intersection over union of a face's crop ``(x, y, w, h)`` and the whole ``(width, height)`` image."""
     x, y, w, h = box
     width, height = size
     inter = max(0, min(x + w, width) - max(x, 0)) * max(0, min(y + h, height) - max(y, 0))
-    return inter / (w * h + width * height - inter) >= CHIP_OVERLAP
+    return inter / (w * h + width * height - inter)
+
+
+def fills_image(box: Tuple[int, int, int, int], size: Tuple[int, int]) -> bool:
+    """Whether a face's crop overlaps the whole image by :data:`CHIP_OVERLAP`: the image is a face chip already."""
+    return image_overlap(box, size) >= CHIP_OVERLAP
 
 
 def load_model(path: Union[str, os.PathLike], device: Optional[torch.device] = None) -> TrainedNet:
