@@ -12,8 +12,8 @@ requirements = [
 
 setup(
     name="age-group-classifier",
-    version="0.3.0",
-    description="UTKFace age-group classification with a frozen VGG16 and PyTorch Lightning",
+    version="0.4.0",
+    description="Age groups and ages from faces: a frozen VGG16 in PyTorch Lightning, with a bundled offline model",
     long_description=(here / "README.md").read_text() if (here / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.9",

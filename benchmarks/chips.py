@@ -27,6 +27,7 @@ from project.devices import machine_name  # noqa: E402
 from project.inference.detectors import FaceOptions  # noqa: E402
 from project.inference.predictor import AgeGroupPredictor, fills_image, image_overlap  # noqa: E402
 from project.models.bundle import PRETRAINED_DIR, is_bundle, listed_test_files  # noqa: E402
+from project.models.checkpoint import run_folder_of  # noqa: E402
 from project.settings import default_cache_dir  # noqa: E402
 
 
@@ -44,7 +45,8 @@ def main(argv=None) -> int:
     if args.split_file is None and is_bundle(checkpoint):
         names = listed_test_files(checkpoint)
     else:
-        names = split_names(Path(args.split_file or checkpoint.resolve().parent.parent / "split.json"))["test"]
+        split_file = Path(args.split_file) if args.split_file else run_folder_of(checkpoint) / "split.json"
+        names = split_names(split_file)["test"]
     names = names[:args.limit] if args.limit else names
     dataset = files_dataset(args.data_dir, names, 200, default_cache_dir())
     paths = [dataset.root / item.relpath for item in dataset.items]

@@ -177,13 +177,13 @@ def predict_latency(checkpoint: str, device: torch.device, backend: str, image, 
     predictor = AgeGroupPredictor.from_checkpoint(checkpoint, device=device if backend == "torch" else "cpu",
                                                   backend=backend)
     for _ in range(3):
-        predictor.predict(image, batch_size=1)
+        predictor.predict(image, batch_size=1, face_detector=None)
     times = []
     for _ in range(repeats):
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        predictor.predict(image, batch_size=1)
+        predictor.predict(image, batch_size=1, face_detector=None)
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append((time.perf_counter() - start) * 1000)

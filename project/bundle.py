@@ -33,23 +33,21 @@ from project.devices import machine_name  # noqa: E402
 from project.errors import OneLineArgumentParser, UserError, add_debug_argument, exit_on_user_error  # noqa: E402
 from project.inference.evaluation import Evaluation, evaluate  # noqa: E402
 from project.models.bundle import RECORD_FILE, TEST_FILES, load_bundle, write_bundle  # noqa: E402
-from project.models.checkpoint import load_trained_net  # noqa: E402
+
+#: the bundle's test figures as Markdown tables, for its model card
+METRICS_FILE = "metrics.md"
+from project.models.checkpoint import load_trained_net, run_folder_of  # noqa: E402
 from project.settings import default_cache_dir  # noqa: E402
 
 PROGRAM = "age-classifier-bundle"
-
-
-def run_folder_file(checkpoint: Path, name: str) -> Path:
-    """A file of the checkpoint's run folder (``version_N/checkpoints/x.ckpt`` -> ``version_N/name``)."""
-    return checkpoint.resolve().parent.parent / name
 
 
 def training_record(checkpoint: Path, command: Optional[str]) -> Dict:
     """How the checkpoint was trained: its file, the run's settings and its own test figures, where the run folder
     still has them."""
     record: Dict = {"checkpoint": checkpoint.name}
-    config_path, metrics_path = run_folder_file(checkpoint, "run_config.json"), run_folder_file(checkpoint,
-                                                                                                "test_metrics.json")
+    config_path, metrics_path = run_folder_of(checkpoint) / "run_config.json", run_folder_of(checkpoint) / \
+        "test_metrics.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     if command is None and config:
         command = (f"python project/lit_classifier_main.py --data_dir {Path(config['data_dir']).name} "
@@ -78,6 +76,44 @@ def fp16_check(full: Evaluation, bundled: Evaluation) -> Dict:
     }
 
 
+def _percent(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _years(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def metrics_markdown(record: Dict) -> str:
+    """The test figures of a bundle's ``model.json`` as Markdown tables: overall, then every slice, worst first."""
+    test = record["test"]
+    metrics, check = test["metrics"], test["float16_check"]
+    ages = metrics["ages"]
+    lines = [f"{metrics['faces']} test faces, {test['machine']}, torch {test['torch']}, {test['date']}.", "",
+             "| group accuracy | macro-F1 | MAE (years) | median error | CS(5) | mean signed error | 80 % interval "
+             "holds the age | mean interval width |", "|---" * 8 + "|",
+             f"| {_percent(metrics['accuracy'])} | {metrics['macro_f1']:.3f} | {_years(ages.get('mae'))} "
+             f"| {_years(ages.get('median_absolute_error'))} | {_percent(ages.get('cs5'))} "
+             f"| {ages.get('mean_signed_error', 0):+.2f} | {_percent(ages.get('interval_coverage'))} "
+             f"| {_years(ages.get('interval_width'))} |", "",
+             "Recall per age group: " + ", ".join(f"{label} {_percent(value)}"
+                                                  for label, value in metrics["recall"].items()) + ".", "",
+             "| slice | faces | accuracy | MAE (years) | mean signed error (+: too old) | interval holds the age |",
+             "|---" * 6 + "|"]
+    for kind in ("age band", "gender", "ethnicity"):
+        rows = sorted((row for row in metrics["slices"] if row["slice"] == kind),
+                      key=lambda row: -(row["mae"] if row["mae"] is not None else 0))
+        for row in rows:
+            signed = "-" if row["mean_signed_error"] is None else f"{row['mean_signed_error']:+.2f}"
+            lines.append(f"| {kind}: {row['value']} | {row['count']} | {_percent(row['accuracy'])} "
+                         f"| {_years(row['mae'])} | {signed} | {_percent(row['interval_coverage'])} |")
+    lines += ["", f"Stored in float16: {check['decisions_changed']} of {metrics['faces']} decisions changed "
+                  f"({check['share_changed']:.2%}); accuracy {_percent(check['accuracy_float32'])} in float32, "
+                  f"{_percent(check['accuracy_float16'])} in float16; MAE {_years(check['mae_float32'])} and "
+                  f"{_years(check['mae_float16'])} years."]
+    return "\n".join(lines) + "\n"
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(prog=PROGRAM, description=__doc__.split("\n\n")[0],
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -99,8 +135,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_args_parser().parse_args(argv)
     with exit_on_user_error(PROGRAM, debug=args.debug):
         checkpoint, output = Path(args.ckpt).expanduser(), Path(args.output).expanduser()
-        split_file = Path(args.split_file).expanduser() if args.split_file else run_folder_file(checkpoint,
-                                                                                                "split.json")
+        split_file = Path(args.split_file).expanduser() if args.split_file else \
+            run_folder_of(checkpoint) / "split.json"
         if args.data_dir and not split_file.is_file():
             raise UserError(f"no split.json beside {checkpoint}: pass --split_file")
         trained = load_trained_net(checkpoint)
@@ -120,6 +156,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                               "date": datetime.date.today().isoformat(), "metrics": bundled.metrics(),
                               "float16_check": fp16_check(full, bundled)}
             write_bundle(trained, output, name, record, names)
+            (output / METRICS_FILE).write_text(metrics_markdown(record))
             check = record["test"]["float16_check"]
             metrics = record["test"]["metrics"]
             print(f"{PROGRAM}: {name} on {len(names)} test faces: accuracy {metrics['accuracy']:.2%}, MAE "

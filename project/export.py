@@ -28,7 +28,7 @@ from project.errors import OneLineArgumentParser, UserError, add_debug_argument,
 from project.inference.predictor import load_model  # noqa: E402
 from project.models.bundle import PRETRAINED_DIR, is_bundle  # noqa: E402
 from project.models.bundle import listed_test_files  # noqa: E402
-from project.models.checkpoint import TrainedNet  # noqa: E402
+from project.models.checkpoint import TrainedNet, run_folder_of  # noqa: E402
 from project.settings import default_cache_dir  # noqa: E402
 
 PROGRAM = "age-classifier-export"
@@ -42,7 +42,7 @@ def test_images(checkpoint: Path, data_dir: str, split_file: Optional[Path], ima
         if not names:
             raise UserError(f"the bundle {checkpoint} lists no test files: pass --split_file")
     else:
-        split_file = split_file or checkpoint.resolve().parent.parent / "split.json"
+        split_file = split_file or run_folder_of(checkpoint) / "split.json"
         if not split_file.is_file():
             raise UserError(f"no split.json beside {checkpoint}: pass --split_file")
         names = split_names(split_file)["test"]

@@ -89,6 +89,8 @@ def test_the_bundle_command_tests_the_bundle_on_the_runs_test_split(checkpoint, 
     slices = {(row["slice"], row["value"]) for row in test["metrics"]["slices"]}
     assert ("gender", "male") in slices or ("gender", "female") in slices
     np.testing.assert_allclose(test["metrics"]["accuracy"], test["float16_check"]["accuracy_float16"])
+    card = (tmp_path / "mine" / "metrics.md").read_text()
+    assert f"{len(expected)} test faces" in card and "| age band: " in card and "float16" in card
 
 
 def test_the_bundle_command_explains_a_missing_split(checkpoint, tmp_path, capsys):

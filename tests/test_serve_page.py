@@ -57,6 +57,7 @@ def test_a_dropped_photo_gets_a_box_and_a_label_per_face(server_url, page, tmp_p
     assert len(labels) == 2 and all(LABEL.match(label) for label in labels), labels
     assert page.locator("#faces li").count() == 2 and page.locator("#faces .bar").count() == 10
     assert "2 faces in two_faces.jpg" in page.locator("#status").inner_text()
+    assert page.locator("#model").inner_text().startswith("Model: checkpoint best-")  # the footer names the model
     left, right = (page.locator("[data-testid=face-box]").nth(i).bounding_box() for i in range(2))
     assert left["x"] < right["x"] and left["width"] > right["width"]  # the boxes sit on the two faces
     page.screenshot(path=str(tmp_path / "page.png"), full_page=True)

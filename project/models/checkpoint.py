@@ -98,6 +98,12 @@ def _upgraded_key(key: str, ensemble_size: int) -> str:
     return NET_PREFIX + key
 
 
+def run_folder_of(checkpoint: Union[str, os.PathLike]) -> Path:
+    """The run folder a checkpoint was written into (``version_N/checkpoints/x.ckpt`` -> ``version_N``), where its
+    ``split.json`` and ``run_config.json`` are."""
+    return Path(checkpoint).resolve().parent.parent
+
+
 def read_checkpoint(path: Union[str, os.PathLike], map_location: MapLocation = "cpu") -> Dict[str, Any]:
     """Load a checkpoint written by training (``weights_only``), upgraded to today's layout.
 

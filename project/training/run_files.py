@@ -21,6 +21,7 @@ import pytorch_lightning as pl
 from project.data.datamodule import SKIPPED_FILE_NAME  # noqa: F401 - one of the run files
 from project.age_report import write_slices_csv
 from project.fileutils import write_json_atomic
+from project.models.checkpoint import run_folder_of as run_dir_of  # noqa: F401 - the run folder of a checkpoint
 
 SPLIT_FILE_NAME = "split.json"
 METRICS_FILE_NAME = "test_metrics.json"
@@ -34,11 +35,6 @@ def run_folder(trainer: pl.Trainer) -> Path:
     ``--fast_dev_run``). ``trainer.log_dir`` is a collective call under DDP: every rank must make it."""
     log_dir = trainer.log_dir
     return Path(log_dir if log_dir is not None else trainer.default_root_dir)
-
-
-def run_dir_of(checkpoint: Path) -> Path:
-    """The run folder a checkpoint was written into (``version_N/checkpoints/x.ckpt`` -> ``version_N``)."""
-    return Path(checkpoint).resolve().parent.parent
 
 
 def version_of(checkpoint: Path) -> Optional[int]:
