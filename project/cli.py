@@ -278,8 +278,8 @@ def _features_only_precision(config: dict) -> Optional[str]:
 def _precision_flag(args: argparse.Namespace, saved: Optional[SavedRun], device_type: str, devices) -> str:
     """``--precision``, except that with ``auto`` a resumed or re-tested int8 run goes on with int8 features: a
     resumed one always (its heads go on learning from them; :func:`check_settings` says what int8 needs), a re-tested
-    one where int8 can run, else on the native precision's features (README, "int8 features": the heads score the
-    same on fp32 features)."""
+    one where int8 can run, else on the native precision's features (the heads score the same on fp32 features;
+    measured: docs/results.md, "Accuracy by feature precision")."""
     if args.precision != "auto" or not (saved or args.test_only):
         return args.precision
     trained = saved.feature_precision if saved else _features_only_precision(
@@ -308,7 +308,7 @@ def _int8_usable(args: argparse.Namespace, saved: Optional[SavedRun], device_typ
         return True
     if not int8_is_available():
         features = {"bf16-mixed": "bf16", "32-true": "fp32"}[resolve_precision(args.precision, device_type)]
-        logging.getLogger(__name__).info("Features in %s: int8 features, over 2x faster on this CPU (no AMX), need "
+        logging.getLogger(__name__).info("Features in %s: int8 features, much faster on this CPU (no AMX), need "
                                          "the onnx extra: %s", features, INT8_INSTALL_COMMAND)
     return False
 

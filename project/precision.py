@@ -1,12 +1,12 @@
 """Choosing the numeric precision the hardware runs natively.
 
-bf16 autocast doubles VGG16's speed on CPUs with AVX-512-bf16 or AMX, but on a CPU without them it is emulated
-and about 10x *slower* than fp32. So ``auto`` never picks bf16 blindly: it asks the CPU (or GPU) what it supports.
-On an x86 CPU without AMX, ``auto`` computes the features in int8 where it can (README, "int8 features": 2.5x
-fp32's cache build with AVX2 kernels, 2.2x bf16's with AVX-512-bf16 and VNNI on an AMD Zen 4, the same accuracy)
-and trains the heads in the CPU's native precision (fp32, or bf16 where the CPU has it). With AMX, bf16 features
-are nearly as fast as int8 and closer to fp32, so they stay. Other CPUs (ARM) keep fp32 features: int8 was not
-measured there.
+bf16 autocast speeds VGG16 up on CPUs with AVX-512-bf16 or AMX, but on a CPU without them it is emulated and far
+*slower* than fp32. So ``auto`` never picks bf16 blindly: it asks the CPU (or GPU) what it supports. On an x86 CPU
+without AMX, ``auto`` computes the features in int8 where it can (faster cache builds than fp32 with AVX2 kernels and
+than bf16 with AVX-512-bf16 and VNNI, at the same accuracy; measured: docs/training.md, "Precision and int8 features")
+and trains the heads in the CPU's native precision (fp32, or bf16 where the CPU has it). With AMX, bf16 features are
+nearly as fast as int8 and closer to fp32, so they stay. Other CPUs (ARM) keep fp32 features: int8 was not measured
+there.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Training recipes: the faithful notebook port (the reference) and the improved default.
 
-A recipe holds the defaults of everything that decides accuracy - which VGG16 layer the frozen features come from,
-the head, the target, the optimizer and schedule, batch size and epochs - so the command line's ``--recipe``
-reproduces the numbers in README's accuracy table. Flags such as ``--lr`` or ``--max_epochs`` still override single
-values (``project.cli``). Both were measured on all of UTKFace over 3 seeds with ``benchmarks/accuracy.py``; the
+A recipe holds the defaults of everything that decides accuracy - which VGG16 layer the frozen features come from, the
+head, the target, the optimizer and schedule, batch size and epochs - so the command line's ``--recipe`` reproduces the
+numbers in docs/results.md, "Accuracy: both recipes, 3 seeds". Flags such as ``--lr`` or ``--max_epochs`` still override
+single values (``project.cli``). Both were measured on all of UTKFace over 3 seeds with ``benchmarks/accuracy.py``; the
 default was chosen on the validation split only.
 """
 
@@ -55,8 +55,9 @@ DEFAULT = Recipe(
     summary="block-4 features at 200 px of the face and its mirror image, three compact heads averaged, per-year "
             "soft age targets, AdamW with one-cycle cosine schedule, 20 epochs",
     net=NetSettings(
-        # 200 px = UTKFace's own chip size (no upscaling): 20 % fewer multiply-adds than 224 px, 1.4-1.5x faster
-        # features in fp32 and no accuracy cost (README, "200 px"); the notebook port keeps the notebook's 224
+        # 200 px = UTKFace's own chip size (no upscaling): 20 % fewer multiply-adds than 224 px, faster features
+        # and no accuracy cost (measured: docs/decisions.md, "200 px as the default recipe's image size"); the
+        # notebook port keeps the notebook's 224
         input=InputSettings(image_size=200, feature_layer="block4", mirror=True),
         head="compact", target="age", ensemble_size=3,  # dropout 0.5
     ),

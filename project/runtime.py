@@ -26,8 +26,9 @@ def keep_freed_memory() -> bool:
     """Let glibc reuse freed large blocks instead of handing them back to the OS after every step.
 
     Each training step allocates ~100 MB of gradients for the head's 25088x1000 kernel. By default glibc serves such
-    blocks with ``mmap`` and unmaps them when freed, so every step page-faults 100 MB of fresh zeroed memory: on the
-    2-core test machine that tripled the step time (bf16: 108 ms -> 38 ms per batch of 32 with this setting).
+    blocks with ``mmap`` and unmaps them when freed, so every step page-faults 100 MB of fresh zeroed memory, which
+    made each step several times slower (measured: docs/decisions.md, "Reuse freed memory during the training loop
+    only").
     Freed memory then stays with the process, so use it only around the training loop and call
     :func:`release_freed_memory` afterwards (kept on during feature extraction it raised peak RSS). A no-op outside
     Linux/glibc; returns whether it applied.

@@ -4,7 +4,8 @@
 # repository root:
 #   bash benchmarks/avx2_only/run.sh python benchmarks/speed.py --precisions 32-true int8 ...
 # Needs a C compiler and a CPU that can fault on CPUID (lscpu lists cpuid_fault). A proxy: the same cores running
-# AVX2 code, not a real AVX2 CPU (README, "Speed", "Without native bf16").
+# AVX2 code, not a real AVX2 CPU (docs/export-and-speed.md, "Run as on an AVX2-only CPU"; its figures: "Intel Xeon
+# as an AVX2-only CPU").
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 build="$(mktemp -d)"

@@ -3,7 +3,7 @@
 UTKFace's chips are sharp, evenly lit 200 px faces. A face found in a photo by ``--detect_faces`` is often smaller
 (upscaled to the chip size), darker or brighter, JPEG-compressed and resampled by the turn that levels its eyes,
 and it is cut out where a face detector's landmarks say, a little off UTKFace's own placement; each of these alone
-changes the default model's group for 1-12 % of test chips (README, "Photo views").
+changes the default model's group for some test chips (measured: docs/results.md, "Small changes to a chip").
 Training on such copies as well teaches the heads that they are the same face. The copy of an image is fixed (seeded
 by its path), so it is extracted into a feature cache once, like the mirror image.
 """
@@ -31,9 +31,9 @@ JPEG_QUALITY = (30, 95)
 #: How far the cut is off the chip's own placement (standard deviations of a normal, clipped at 3 of them): the
 #: centre by a share of the face's side, its size by a log factor, its turn in degrees. RetinaFace's aligned chips
 #: were this far from the pasted faces on 120 scenes of the faces benchmark's seed 1 (its seed 0 is the benchmark)
-#: before its eye refinement, which since cuts closer (1.5 / 2.1 %, 6.6 %, 2.4 degrees): photo views are cut a
-#: little rougher than faces now are, on purpose: photo views cut with the narrower errors made a model that agreed
-#: with its chips less often (README, "Photo views").
+#: before its eye refinement, which since cuts closer: photo views are cut a little rougher than faces now are, on
+#: purpose: photo views cut with the narrower errors made a model that agreed with its chips less often (measured:
+#: docs/decisions.md, "Photo views cut as closely as RetinaFace now cuts (not adopted)").
 CUT_SHIFT = 0.025
 CUT_LOG_SCALE = 0.08
 CUT_TURN = 5.0

@@ -3,11 +3,11 @@
 UTKFace's "aligned & cropped" chips are 200x200 pixels with the eyes level at fixed places. A face found in a photo is
 rotated so its eyes are level and scaled and cropped so its eyes land where UTKFace's do, so the model sees what it
 learned on. Each landmark model marks the eyes a little differently, so each has its own template, measured on real
-UTKFace chips with that model (``benchmarks/utkface_eyes.py``: median eye centres, as fractions of the chip's side;
-the chips' own eyes are level to within 1.1 degrees, median): dlib's 5-point model on 1,000 chips (977 with one face
-found), RetinaFace's with its eye refinement (``project.inference.retina_faces``) on the same 1,000 (996 found;
-its eye centres sit 1.5 % of the side higher than dlib's). The refinement cuts its crop with this template,
-so the template was measured again with it until it no longer moved (0.001 of the side).
+UTKFace chips with that model (``benchmarks/utkface_eyes.py``: median eye centres, as fractions of the chip's side; the
+chips' own eyes are level to within 1.1 degrees, median): dlib's 5-point model on 1,000 chips, RetinaFace's with its eye
+refinement (``project.inference.retina_faces``) on the same 1,000 (its eye centres sit 1.5 % of the side higher than
+dlib's; how many chips each found: docs/results.md, "Faces in photos benchmark"). The refinement cuts its crop with this
+template, so the template was measured again with it until it no longer moved (0.001 of the side).
 """
 
 from __future__ import annotations

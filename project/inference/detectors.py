@@ -94,9 +94,10 @@ def auto_face_detector(options: Optional[FaceOptions] = None):
 def add_face_arguments(parser: argparse.ArgumentParser) -> None:
     """``--face_detector``, ``--min_face`` and ``--face_threshold``, the same for every command."""
     parser.add_argument("--face_detector", default=DEFAULT_FACE_DETECTOR, choices=FACE_DETECTORS,
-                        help="retinaface: RetinaFace (finds small and turned faces, ~90 ms per megapixel on 2 CPU "
-                             "cores); hog: dlib's HOG detector (~3x slower, misses more); cnn: dlib's CNN detector "
-                             "(~130x slower); haar: OpenCV's Haar cascade (no landmarks, so no alignment)")
+                        help="retinaface: RetinaFace (finds small and turned faces, the fastest); hog: dlib's HOG "
+                             "detector (several times slower, misses more); cnn: dlib's CNN detector (far slower); "
+                             "haar: OpenCV's Haar cascade (no landmarks, so no alignment); measured: "
+                             "docs/results.md, 'Faces in photos benchmark'")
     parser.add_argument("--min_face", type=int, default=None,
                         help="smallest face kept: the side of its UTKFace-like crop, in photo pixels (default: "
                              + ", ".join(f"{name} {size}" for name, size in MIN_FACE.items()) + ")")

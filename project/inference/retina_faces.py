@@ -6,10 +6,10 @@ downloaded. Only those bytes are used: the package's own code is never imported 
 import time); the file is read as a Python bytes literal (``ast.literal_eval``: no code runs) and checked against
 its SHA-256. Anchors, box and landmark decoding and the non-maximum suppression are biubug6's, in numpy here.
 
-Unlike dlib's HOG detector it finds turned and small faces, at about 90 ms per megapixel on 2 CPU cores
-(``benchmarks/faces.py``), and its eye landmarks are the eye centres the alignment needs; they are refined on each
-face's upright chip (``RetinaFaceDetector.refined_landmarks``). The parameters of the second look at unsure small
-faces (``raw_faces``) were chosen on the benchmark's scenes of seed 0 and checked on those of seed 1.
+Unlike dlib's HOG detector it finds turned and small faces, and is faster (measured with ``benchmarks/faces.py``:
+docs/results.md, "Faces in photos benchmark"), and its eye landmarks are the eye centres the alignment needs; they are
+refined on each face's upright chip (``RetinaFaceDetector.refined_landmarks``). The parameters of the second look at
+unsure small faces (``raw_faces``) were chosen on the benchmark's scenes of seed 0 and checked on those of seed 1.
 """
 
 from __future__ import annotations
@@ -245,14 +245,14 @@ class RetinaFaceDetector:
         """Per face of ``raw_faces`` (its 5 landmarks): its eyes and nose ``(3, 2)`` (see :func:`eyes_and_nose`;
         left = on the left of the upright face, the photo's left for faces turned less than 90 degrees), refined.
 
-        A face's first landmarks come from a pass over the whole photo, where the face may be small, turned or cut
-        by the scan's grid. Its chip is cut again a little wider (``REFINE_REACH``), upright and at chip size, and
-        the network marks it and its mirror image once more; the two marks, the mirror's flipped back, are
-        averaged. On the faces benchmark's scenes this halves the error of the chip's turn and takes a fifth to a
-        third off those of its size and centre (README, "Faces in photos"). Only a face whose box is centred in the
-        middle half of the cut-out counts (not a neighbour in a crowd); a face whose cut-outs show none keeps its
-        first landmarks. (Keeping the first landmarks also where the refined eyes moved more than half the eye
-        distance lost faces instead: on the benchmark's scenes such moves were nearly all corrections.)"""
+        A face's first landmarks come from a pass over the whole photo, where the face may be small, turned or cut by
+        the scan's grid. Its chip is cut again a little wider (``REFINE_REACH``), upright and at chip size, and the
+        network marks it and its mirror image once more; the two marks, the mirror's flipped back, are averaged. On the
+        faces benchmark's scenes this makes the chip's turn, size and centre markedly closer to the face's (measured:
+        docs/decisions.md, "RetinaFace's eye refinement (adopted)"). Only a face whose box is centred in the middle half
+        of the cut-out counts (not a neighbour in a crowd); a face whose cut-outs show none keeps its first landmarks.
+        (Keeping the first landmarks also where the refined eyes moved more than half the eye distance lost faces
+        instead: on the benchmark's scenes such moves were nearly all corrections.)"""
         first = [eyes_and_nose(*face[:3]) for face in points]
         regions = [align(tuple(eyes[0]), tuple(eyes[1]), RETINAFACE_TEMPLATE).widened(REFINE_REACH) for eyes in first]
         crops = []

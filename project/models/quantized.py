@@ -1,16 +1,16 @@
 """The frozen backbone in int8: onnxruntime's static post-training quantization, for CPUs without AMX.
 
-On a CPU with AVX-512-bf16 or AMX, bf16 autocast halves the feature passes' cost; elsewhere torch runs them in fp32
-and a first run spends hours extracting features. int8 is the other way to cheaper passes, and without AMX the
-faster one even where bf16 is native (2.2x bf16's cache build on an AMD Zen 4): the conv base is exported
-to ONNX (fp32, torch's dynamo exporter), quantized by onnxruntime (QDQ: uint8 activations, per-channel int8 weights,
-MinMax ranges) and run by onnxruntime. The weights use 7 of their 8 bits (``reduce_range``): x86 CPUs without
-VNNI (AVX2 only, AVX-512 before Cascade Lake) multiply uint8 by int8 with ``vpmaddubsw``, whose pairwise int16 sums
-saturate with full-range weights (measured with AVX2 kernels: 29 % relative error of the features instead of 6 %);
-with 7-bit weights no sum can, so every CPU computes the same features (bit for bit, AVX2 against AVX-512 VNNI).
-Static quantization needs the activations' ranges, measured on calibration images: the caller passes training
-images only (``project.data.datamodule`` picks them from the run's training split), so no validation or test image
-shapes the features.
+On a CPU with AVX-512-bf16 or AMX, bf16 autocast cuts the feature passes' cost; elsewhere torch runs them in fp32 and a
+first run spends hours extracting features. int8 is the other way to cheaper passes, and without AMX the faster one even
+where bf16 is native (measured: docs/export-and-speed.md, "Speed figures"): the conv base is exported to ONNX (fp32,
+torch's dynamo exporter), quantized by onnxruntime (QDQ: uint8 activations, per-channel int8 weights, MinMax ranges) and
+run by onnxruntime. The weights use 7 of their 8 bits (``reduce_range``): x86 CPUs without VNNI (AVX2 only, AVX-512
+before Cascade Lake) multiply uint8 by int8 with ``vpmaddubsw``, whose pairwise int16 sums saturate with full-range
+weights (the AVX2 kernels' features then drift far further from fp32 than VNNI's; measured: docs/decisions.md, "int8
+features with 7-bit weights"); with 7-bit weights no sum can, so every CPU computes the same features (bit for bit, AVX2
+against AVX-512 VNNI). Static quantization needs the activations' ranges, measured on calibration images: the caller
+passes training images only (``project.data.datamodule`` picks them from the run's training split), so no validation or
+test image shapes the features.
 
 The quantized file depends only on the backbone's weights, where it is cut, the image size, the calibration images
 and onnxruntime's version (an upgrade quantizes again, and so builds new caches), so it is kept (under ``work_dir``,
@@ -19,7 +19,8 @@ caches. Its bytes' hash is part of the feature-cache key (``cache_identity``): f
 never mix with these.
 
 Torch fp32 stays the exact reference: prediction, export and the server always run the fp32 backbone, also for
-heads trained on int8 features (README, "int8 features", measures what that costs: nothing measurable).
+heads trained on int8 features (they score the same on fp32 features; measured: docs/results.md, "Accuracy by
+feature precision").
 """
 
 from __future__ import annotations

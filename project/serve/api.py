@@ -30,7 +30,7 @@ def error_response(status: int, message: str) -> JSONResponse:
 
 
 def face_record(prediction: Prediction) -> Dict:
-    """One face of the answer (see README, "Serve it")."""
+    """One face of the answer (see docs/serving.md, "POST /predict")."""
     return {
         "box": list(prediction.face_box) if prediction.face_box else None,
         "score": prediction.face_score,

@@ -60,8 +60,8 @@ def build_datamodule(data: DataSettings, net: AgeNet, precision: str) -> UTKFace
 def build_trainer(settings: RunSettings, callbacks: Sequence[Callback], logger) -> pl.Trainer:
     """A Trainer from the settings (deterministic on CPU, where it costs nothing measurable)."""
     trainer = settings.trainer
-    # A cached epoch is ~600 steps of ~50 ms: redrawing the bar every step costs seconds per epoch (and megabytes
-    # of log when stderr is a file), so redraw a few times a second on a terminal and rarely in a log.
+    # A cached epoch is hundreds of short steps: redrawing the bar every step adds up to a noticeable cost per epoch
+    # (and megabytes of log when stderr is a file), so redraw a few times a second on a terminal and rarely in a log.
     progress = TQDMProgressBar(refresh_rate=5 if sys.stderr.isatty() else 100)
     return pl.Trainer(
         max_epochs=trainer.max_epochs,
