@@ -134,3 +134,17 @@ def test_without_the_faces_extra_each_whole_image_is_one_face_and_it_is_said_onc
     fresh.predict(photo_dir / "rgb.png")
     assert first.ok and second.ok and first.face_box is None
     assert capsys.readouterr().err.count("each whole image is taken as one face") == 1
+
+
+def test_a_face_chip_is_a_square_image_that_one_face_fills():
+    from project.inference.faces import DetectedFace
+    from project.inference.predictor import face_filling
+
+    def face(x, y, side):
+        return DetectedFace(box=(x, y, side, side), score=0.99, landmarks=None, angle=0.0, chip=None)
+
+    big, small = face(-10, -5, 215), face(150, 150, 30)
+    assert face_filling([small, big], (200, 200)) is big  # a second, small "face" in a chip is a false detection
+    assert face_filling([small], (200, 200)) is None  # a small face in a square photo
+    assert face_filling([big], (200, 320)) is None  # not square: a photo, whose faces are cut out and aligned
+    assert face_filling([], (200, 200)) is None

@@ -169,6 +169,10 @@ def test_the_server_starts_from_a_checkpoint_answers_and_stops_on_sigterm(checkp
             answer = json.loads(response.read())
         assert [face["box"][0] < 320 for face in answer["faces"]] == [True, False]  # both faces, left to right
         assert all(face["score"] > 0 and len(face["landmarks"]) == 3 for face in answer["faces"])
+        raw = urllib.request.Request(f"http://127.0.0.1:{port}/predict", data=jpeg(two_face_photo()), method="POST",
+                                     headers={"Content-Type": "image/jpeg"})  # curl --data-binary, as people send
+        with urllib.request.urlopen(raw, timeout=60) as response:
+            assert json.loads(response.read())["faces"] == answer["faces"]
     finally:
         code = stop(process)
     assert code == 0, process.stderr.read()[-3000:]

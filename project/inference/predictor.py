@@ -26,6 +26,7 @@ from project.calibration import AgeEstimate
 from project.devices import resolve_device
 from project.errors import UserError
 from project.inference.detectors import AUTO, auto_face_detector
+from project.inference.faces import DetectedFace
 from project.models.bundle import PRETRAINED_DIR, is_bundle, load_bundle
 from project.models.checkpoint import TrainedNet, load_trained_net
 from project.transforms import ImageInput, build_transform, load_rgb_image
@@ -36,11 +37,14 @@ if TYPE_CHECKING:
 
 #: the note of a photo in which the detector found no face (a row of its own, never a crash)
 NO_FACE = "no face detected (smaller than --min_face, turned away, or none there)"
-#: A single face whose UTKFace-like crop overlaps the whole image at least this much (intersection over union) is
-#: taken to be a face chip already, and the image is predicted as it is: cutting it out again would only resample
-#: it. UTKFace's chips give 0.8-1.0 (RetinaFace's crop is placed by UTKFace's own eye positions); a face in a photo,
-#: even a close portrait, gives far less.
-CHIP_OVERLAP = 0.7
+#: A square image one of whose faces has a UTKFace-like crop overlapping the whole image at least this much
+#: (intersection over union) is a face chip already, as UTKFace's are: it is predicted as it is, since cutting it
+#: out again would only resample it (and a second, small "face" in it is a false detection). Chosen on UTKFace's
+#: validation chips, nearly all of which overlap far more; a face in a photo, even a close portrait, far less
+#: (docs/decisions.md, "A photo is read as a photo").
+CHIP_OVERLAP = 0.5
+#: how far from square (difference of the sides over the longer side) a face chip may be
+CHIP_SQUARENESS = 0.05
 
 
 @dataclass
@@ -193,7 +197,7 @@ class AgeGroupPredictor:
         installed, else takes each whole image as one face (and says so once); a detector
         (:func:`project.inference.detectors.make_face_detector`) finds them its way; ``None`` takes each whole
         image as one face. Every face found is predicted on its own, from its UTKFace-like chip; a face chip
-        already (one face filling the image, see :data:`CHIP_OVERLAP`) is predicted as it is.
+        already (a square image that one face fills, see :data:`CHIP_OVERLAP`) is predicted as it is.
         """
         return [p for result in self.iter_results(images, batch_size, face_detector) for p in result.predictions]
 
@@ -245,11 +249,12 @@ class AgeGroupPredictor:
         faces = face_detector.detect(image)
         if not faces:
             return ImageResult(name, image, [Prediction(name, error=NO_FACE)]), [None]
+        chip_face = face_filling(faces, image.size)
+        if chip_face is not None:  # a face chip already: predicted as it is
+            faces = [chip_face]
         predictions = [Prediction(name, face_box=face.box, face_score=face.score, landmarks=face.landmarks)
                        for face in faces]
-        if len(faces) == 1 and fills_image(faces[0].box, image.size):
-            return ImageResult(name, image, predictions), [image]  # a face chip already: predicted as it is
-        return ImageResult(name, image, predictions), [face.chip for face in faces]
+        return ImageResult(name, image, predictions), [image] if chip_face else [face.chip for face in faces]
 
     def _fill(self, batch: Sequence[Tuple[Prediction, Image.Image]]) -> None:
         probabilities, ages = self._predict([crop for _, crop in batch])
@@ -273,9 +278,13 @@ def image_overlap(box: Tuple[int, int, int, int], size: Tuple[int, int]) -> floa
     return inter / (w * h + width * height - inter)
 
 
-def fills_image(box: Tuple[int, int, int, int], size: Tuple[int, int]) -> bool:
-    """Whether a face's crop overlaps the whole image by :data:`CHIP_OVERLAP`: the image is a face chip already."""
-    return image_overlap(box, size) >= CHIP_OVERLAP
+def face_filling(faces: Sequence[DetectedFace], size: Tuple[int, int]) -> Optional[DetectedFace]:
+    """The face that makes a ``(width, height)`` image a face chip (see :data:`CHIP_OVERLAP`), or ``None``."""
+    width, height = size
+    if not faces or abs(width - height) > CHIP_SQUARENESS * max(width, height):
+        return None
+    largest = max(faces, key=lambda face: image_overlap(face.box, size))
+    return largest if image_overlap(largest.box, size) >= CHIP_OVERLAP else None
 
 
 def load_model(path: Union[str, os.PathLike], device: Optional[torch.device] = None) -> TrainedNet:

@@ -119,7 +119,7 @@ class RawImageBodies:
                 return await _answer(send, 413, TOO_LARGE)
             if f"--{boundary}".encode("latin-1") not in body:
                 return await _answer(send, 400, f"the multipart body does not contain its boundary: {HOW_TO_SEND}")
-            return await self.app(scope, _replay(body), send)
+            return await self.app(scope, _replay(body, receive), send)
         if media_type in FORM_TYPES:
             return await self.app(scope, receive, send)
         if not (media_type.startswith("image/") or media_type == "application/octet-stream"):
@@ -131,7 +131,7 @@ class RawImageBodies:
         form, form_type = _as_form(body, content_type)
         headers = [(k, v) for k, v in scope["headers"] if k.lower() not in (b"content-type", b"content-length")]
         headers += [(b"content-type", form_type.encode("latin-1")), (b"content-length", str(len(form)).encode())]
-        return await self.app({**scope, "headers": headers}, _replay(form), send)
+        return await self.app({**scope, "headers": headers}, _replay(form, receive), send)
 
 
 async def _read_body(receive, max_bytes: Optional[int]) -> Optional[bytes]:
@@ -151,18 +151,19 @@ async def _read_body(receive, max_bytes: Optional[int]) -> Optional[bytes]:
     return b"".join(chunks)
 
 
-def _replay(body: bytes):
-    """An ASGI ``receive`` that hands ``body`` on once, then waits like a client that has sent everything."""
+def _replay(body: bytes, receive):
+    """An ASGI ``receive`` that hands ``body`` on once, then passes on what the client's ``receive`` says (its
+    disconnect, when it goes)."""
     sent = False
 
-    async def receive():
+    async def replayed():
         nonlocal sent
         if not sent:
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
-        return {"type": "http.disconnect"}
+        return await receive()
 
-    return receive
+    return replayed
 
 
 def _as_form(body: bytes, content_type: str) -> Tuple[bytes, str]:
