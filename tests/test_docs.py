@@ -105,9 +105,9 @@ def test_readme_predict_quick_start_runs_as_written_with_the_bundled_model(tmp_p
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("model: ") and "utkface" in lines[0]
-    [row] = [line for line in lines if line.startswith("photo.jpg")]
-    group, age = row.split()[1:3]
-    assert group in GROUP_LABELS and re.fullmatch(r"\d+", age)
+    [row] = [line for line in lines if line.startswith("photo.jpg")]  # one face found: file, box, group, age, ...
+    box, group, age = row.split()[1:4]
+    assert re.fullmatch(r"\d+,\d+,\d+,\d+", box) and group in GROUP_LABELS and re.fullmatch(r"\d+", age)
 
 
 def test_readme_python_quick_start_runs_on_synthetic_faces(utkface_dir, tmp_path, monkeypatch):
