@@ -32,10 +32,14 @@ from project.data.split import split_names  # noqa: E402
 from project.devices import machine_name  # noqa: E402
 from project.errors import OneLineArgumentParser, UserError, add_debug_argument, exit_on_user_error  # noqa: E402
 from project.inference.evaluation import Evaluation, evaluate  # noqa: E402
-from project.models.bundle import RECORD_FILE, TEST_FILES, load_bundle, write_bundle  # noqa: E402
-
-#: the bundle's test figures as Markdown tables, for its model card
-METRICS_FILE = "metrics.md"
+from project.models.bundle import (  # noqa: E402
+    METRICS_FILE,
+    RECORD_FILE,
+    TEST_FILES,
+    load_bundle,
+    write_bundle,
+    write_record,
+)
 from project.models.checkpoint import load_trained_net, run_folder_of  # noqa: E402
 from project.settings import default_cache_dir  # noqa: E402
 
@@ -46,8 +50,8 @@ def training_record(checkpoint: Path, command: Optional[str]) -> Dict:
     """How the checkpoint was trained: its file, the run's settings and its own test figures, where the run folder
     still has them."""
     record: Dict = {"checkpoint": checkpoint.name}
-    config_path, metrics_path = run_folder_of(checkpoint) / "run_config.json", run_folder_of(checkpoint) / \
-        "test_metrics.json"
+    run_folder = run_folder_of(checkpoint)
+    config_path, metrics_path = run_folder / "run_config.json", run_folder / "test_metrics.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     if command is None and config:
         command = (f"python project/lit_classifier_main.py --data_dir {Path(config['data_dir']).name} "
@@ -148,14 +152,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         write_bundle(trained, output, name, record, names)
         if args.data_dir and names:
             dataset = files_dataset(args.data_dir, names, trained.image_size, default_cache_dir())
-            torch.manual_seed(0)
             full = evaluate(trained, dataset, num_workers=args.num_workers, description="Testing the checkpoint")
             bundled = evaluate(load_bundle(output), dataset, num_workers=args.num_workers,
                                description="Testing the bundle")
             record["test"] = {"files": TEST_FILES, "machine": machine_name(), "torch": torch.__version__,
                               "date": datetime.date.today().isoformat(), "metrics": bundled.metrics(),
                               "float16_check": fp16_check(full, bundled)}
-            write_bundle(trained, output, name, record, names)
+            write_record(trained, output, name, record)  # the weights written above are the ones tested
             (output / METRICS_FILE).write_text(metrics_markdown(record))
             check = record["test"]["float16_check"]
             metrics = record["test"]["metrics"]

@@ -1,6 +1,6 @@
 """The bundled form of a trained model: what ships inside the package and answers with no network at all.
 
-A bundle is a folder of three files:
+A bundle is a folder of these files:
 
 * ``model.safetensors`` - the weights in float16: the frozen backbone's layers that the network runs (a ``block4``
   network drops VGG16's block 5) and the heads. safetensors holds tensors and nothing else, so reading one can run
@@ -8,7 +8,8 @@ A bundle is a folder of three files:
 * ``model.json`` - its name, the network's settings, the calibrations (temperature, age interval) in full
   precision, the training command and the metrics of its own test run;
 * ``test_files.txt`` - the file names of the test split it was measured on (names only, never images), so anyone
-  with the dataset can re-test it.
+  with the dataset can re-test it;
+* ``metrics.md`` - the figures of ``model.json`` as tables, when the bundle was tested.
 
 :func:`write_bundle` makes one from a :class:`~project.models.checkpoint.TrainedNet`; :func:`load_bundle` reads one
 back as a ``TrainedNet`` computing in float32 (float16 only stores the weights).
@@ -36,6 +37,8 @@ BUNDLE_FORMAT = 1
 WEIGHTS_FILE = "model.safetensors"
 RECORD_FILE = "model.json"
 TEST_FILES = "test_files.txt"
+#: its test figures as Markdown tables, for its model card (written by ``age-classifier-bundle``)
+METRICS_FILE = "metrics.md"
 #: the bundled model shipped with the package
 PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "pretrained"
 #: the dtype weights are stored in: half the size of float32, and rounding them changes almost no decision
@@ -68,18 +71,24 @@ def write_bundle(trained: TrainedNet, folder: Union[str, os.PathLike], name: str
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / WEIGHTS_FILE) as tmp:
         safetensors.save_file(bundle_state(trained), str(tmp), metadata={"format": str(BUNDLE_FORMAT), "name": name})
+    write_record(trained, folder, name, record)
+    if test_files is not None:
+        with atomic_path(folder / TEST_FILES) as tmp:
+            tmp.write_text("".join(f"{relpath}\n" for relpath in test_files))
+    return folder
+
+
+def write_record(trained: TrainedNet, folder: Path, name: str, record: Dict[str, Any]) -> None:
+    """(Re)write a bundle's ``model.json``: ``trained``'s settings and calibrations, and ``record`` (training
+    command, metrics, ...); the weights stay as they are."""
     calibration = trained.age_calibration
-    write_json_atomic(folder / RECORD_FILE, {
+    write_json_atomic(Path(folder) / RECORD_FILE, {
         "format": BUNDLE_FORMAT, "name": name, "net": trained.settings.to_dict(),
         "temperature": trained.temperature,
         "age_calibration": None if calibration is None else calibration.to_dict(),
         "weights": {"file": WEIGHTS_FILE, "dtype": str(STORED_DTYPE).replace("torch.", "")},
         **record,
     })
-    if test_files is not None:
-        with atomic_path(folder / TEST_FILES) as tmp:
-            tmp.write_text("".join(f"{relpath}\n" for relpath in test_files))
-    return folder
 
 
 def _bundle_folder(path: Union[str, os.PathLike]) -> Path:
@@ -105,12 +114,15 @@ def read_record(folder: Union[str, os.PathLike]) -> Dict[str, Any]:
     return record
 
 
-def read_bundle_summary(folder: Union[str, os.PathLike]) -> CheckpointSummary:
-    """The settings, temperature and age calibration of a bundle, without reading its weights."""
-    record = read_record(folder)
-    calibration = record["age_calibration"]
-    return CheckpointSummary(NetSettings.from_dict(record["net"]), float(record["temperature"]),
-                             None if calibration is None else AgeCalibration.from_dict(calibration))
+def summary_of(record: Dict[str, Any]) -> CheckpointSummary:
+    """The settings, temperature and age calibration in a bundle's ``model.json`` (see :func:`read_record`), with
+    no weights read; a record that does not describe them is a one-line :class:`UserError`."""
+    try:
+        calibration = record["age_calibration"]
+        return CheckpointSummary(NetSettings.from_dict(record["net"]), float(record["temperature"]),
+                                 None if calibration is None else AgeCalibration.from_dict(calibration))
+    except Exception as err:  # noqa: BLE001 - every failure is explained in one line
+        raise UserError(f"cannot load the bundled model {record.get('name')!r}: {first_line(err)}") from None
 
 
 def is_bundle(path: Union[str, os.PathLike]) -> bool:
@@ -131,16 +143,14 @@ def load_bundle(folder: Union[str, os.PathLike] = PRETRAINED_DIR,
     default. Nothing is downloaded and nothing is unpickled."""
     folder = _bundle_folder(folder)
     record = read_record(folder)
+    summary = summary_of(record)
     safetensors = _import_safetensors()
     try:
-        settings = NetSettings.from_dict(record["net"])
         state = safetensors.load_file(str(folder / WEIGHTS_FILE))
-        calibration = record["age_calibration"]
-        temperature = float(record["temperature"])
     except Exception as err:  # noqa: BLE001 - every failure is explained in one line
         raise UserError(f"cannot load the bundled model in {folder}: {first_line(err)}") from None
     with torch.device("meta"):  # no memory and no random init for weights the file replaces
-        net = AgeNet(settings)
+        net = AgeNet(summary.settings)
     net.backbone.drop_unused_layers()
     try:
         net.load_state_dict({key: value.float() for key, value in state.items()}, assign=True)
@@ -149,5 +159,4 @@ def load_bundle(folder: Union[str, os.PathLike] = PRETRAINED_DIR,
                         f"({first_line(err)})") from None
     if device is not None:
         net.to(device)
-    return TrainedNet(net.eval(), temperature, None if calibration is None else AgeCalibration.from_dict(calibration),
-                      name=str(record["name"]))
+    return TrainedNet(net.eval(), summary.temperature, summary.age_calibration, name=str(record["name"]))

@@ -24,7 +24,7 @@ from project.devices import ACCELERATORS, device_type_for
 from project.errors import OneLineArgumentParser, UserError, add_debug_argument, exit_on_user_error
 from project.inference.detectors import FaceOptions, add_face_arguments, face_options_from
 from project.inference.predictor import add_backend_argument
-from project.models.bundle import PRETRAINED_DIR, is_bundle, read_bundle_summary, read_record
+from project.models.bundle import PRETRAINED_DIR, is_bundle, read_record, summary_of
 from project.models.checkpoint import read_summary
 from project.serve.uploads import TOO_LARGE, RawImageBodies
 from project.recipes import recipe_of
@@ -44,8 +44,8 @@ def model_info(checkpoint: Path, backend: str = "torch") -> dict:
         model = OnnxNet(checkpoint)
         name = model.name
     elif is_bundle(checkpoint):
-        model = read_bundle_summary(checkpoint)
-        name = read_record(checkpoint)["name"]
+        record = read_record(checkpoint)
+        model, name = summary_of(record), record["name"]
     else:
         model = read_summary(checkpoint)
         name = f"checkpoint {checkpoint.name}"
