@@ -12,7 +12,7 @@ requirements = [
 
 setup(
     name="age-group-classifier",
-    version="0.4.0",
+    version="0.5.0",
     description="Age groups and ages from faces: a frozen VGG16 in PyTorch Lightning, with a bundled offline model",
     long_description=(here / "README.md").read_text() if (here / "README.md").exists() else "",
     long_description_content_type="text/markdown",

@@ -61,6 +61,10 @@ def training_record(checkpoint: Path, command: Optional[str]) -> Dict:
     for key in ("recipe", "seed", "image_size", "photo_views", "precision", "feature_precision", "max_epochs"):
         if key in config:
             record[key] = config[key]
+    if config:  # runs of releases before 0.5.0 recorded no split kind: they split file by file
+        record["split"] = config.get("split", "random")
+        if record["split"] == "grouped":
+            record["copy_labels"] = config.get("copy_labels")
     if metrics_path.is_file():
         metrics = json.loads(metrics_path.read_text())
         record["run_test"] = {"accuracy": metrics.get("test_acc"), "mae": (metrics.get("ages") or {}).get("mae"),

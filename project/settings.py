@@ -152,6 +152,12 @@ class DataSettings:
     strict_data: bool
     #: serve cached backbone features instead of images (the backbone then runs once per image, not every epoch)
     feature_cache: bool
+    #: a new split's kind: ``grouped`` (copies of one photo on one side) or ``random`` (``project.data.split``)
+    split: str = "grouped"
+    #: what a grouped split does with copies whose ages disagree: ``drop``, ``median`` or ``keep``
+    copy_labels: str = "drop"
+    #: also keep each person's photos on one side: dlib descriptors closer than this distance (None: off)
+    group_people: Optional[float] = None
 
 
 #: Lightning's ``devices``: ``"auto"``, a count, or a list of device indices
@@ -207,6 +213,7 @@ class RunSettings:
             "photo_views": net_input.photo_views, "num_workers": data.num_workers,
             "seed": data.seed, "split_file": _path_or_none(data.split_file), "strict_data": data.strict_data,
             "cache_dir": str(data.cache_dir), "no_feature_cache": not data.feature_cache, "recipe": self.recipe,
+            "split": data.split, "copy_labels": data.copy_labels, "group_people": data.group_people,
             "backbone_weights": self.backbone_weights, "lr": self.optimizer.lr,
             "weight_decay": self.optimizer.weight_decay, "batch_size": data.batch_size,
             "max_epochs": trainer.max_epochs, "patience": trainer.patience, "accelerator": trainer.accelerator,

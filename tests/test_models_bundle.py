@@ -86,6 +86,7 @@ def test_the_bundle_command_tests_the_bundle_on_the_runs_test_split(checkpoint, 
     assert test["metrics"]["faces"] == len(expected) and 0 <= test["metrics"]["accuracy"] <= 1
     assert test["float16_check"]["share_changed"] <= 0.5 and test["machine"]
     assert record["training"]["recipe"] == "default" and "lit_classifier_main.py" in record["training"]["command"]
+    assert record["training"]["split"] == "grouped" and record["training"]["copy_labels"] == "drop"
     slices = {(row["slice"], row["value"]) for row in test["metrics"]["slices"]}
     assert ("gender", "male") in slices or ("gender", "female") in slices
     np.testing.assert_allclose(test["metrics"]["accuracy"], test["float16_check"]["accuracy_float16"])

@@ -27,6 +27,7 @@ def test_the_bundled_model_is_small_and_says_what_it_is():
     record = read_record(PRETRAINED_DIR)
     assert record["name"] and "lit_classifier_main.py" in record["training"]["command"]
     assert record["training"]["seed"] == 42 and record["weights"]["dtype"] == "float16"
+    assert record["training"]["split"] == "grouped"  # trained and tested with copies of one photo on one side
     test = record["test"]
     assert test["metrics"]["faces"] == len(listed_test_files(PRETRAINED_DIR)) > 2000
     check = test["float16_check"]  # the bounds for storing the weights in float16

@@ -44,6 +44,32 @@ def test_fit_then_test_writes_the_run_files_and_a_retest_matches(flags, runs):
     for key in ("test_acc", "test_loss", "confusion_matrix", "temperature", "ages", "slices"):
         assert again[key] == metrics[key], key
 
+    # a split.json as release 0.4.0 wrote it (no split kind, copy policy or left-out files) re-tests identically
+    old = {key: value for key, value in split.items() if key not in ("split", "copy_labels", "left_out")}
+    (folder / "split-0.4.json").write_text(json.dumps(old))
+    as_before = retest(settings, metrics["checkpoint"], folder / "split-0.4.json")
+    for key in ("test_acc", "test_loss", "confusion_matrix", "ages", "slices"):
+        assert as_before[key] == metrics[key], key
+
+
+def test_a_run_reports_its_copies_and_keeps_them_apart_from_the_test(flags, runs, utkface_dir, capsys):
+    """One synthetic face copied under another age: the run lists it in duplicates.csv, says so in its summary,
+    and (``--copy_labels drop``) neither copy is trained, validated or tested on."""
+    original = sorted(utkface_dir.iterdir())[0]
+    copy = utkface_dir / ("99_" + original.name.split("_", 1)[1].replace("20170116", "20180116"))
+    copy.write_bytes(original.read_bytes())
+    metrics = train(settings_for(flags + ["--max_epochs", "1"]))
+    folder = run_dir(runs)
+    assert metrics["split"] == "grouped" and metrics["copies"].startswith("1 group of copies (2 of ")
+    assert "Copies:          1 group of copies" in capsys.readouterr().out
+    with open(folder / "duplicates.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(row["file"] for row in rows) == sorted([original.name, copy.name])
+    assert {row["kept"] for row in rows} == {"no: copy with another age"}
+    split = json.loads((folder / "split.json").read_text())
+    assert split["split"] == "grouped" and sorted(split["left_out"]) == sorted([original.name, copy.name])
+    assert not {original.name, copy.name} & set(split["val"] + split["test"])
+
 
 def test_cache_and_no_cache_give_the_same_metrics(flags, runs):
     cached = train(settings_for(flags + ["--max_epochs", "2"]))

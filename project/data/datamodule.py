@@ -20,11 +20,12 @@ from project.data.datasets import (
     batch_is_ready,
     find_undecodable,
 )
+from project.data.duplicates import CopyGroups, copies_in, copies_summary, write_report
 from project.data.feature_cache import FeatureCache, FeatureCacheBuilder, Shard
 from project.data.samplers import EpochShuffleSampler, evaluation_sampler
 from project.data.scan import UNDECODABLE_REASON, FaceItem, ScanResult
 from project.data.sources import resolve_data_dir, scan_source
-from project.data.split import SPLITS, Split, load_split, new_split
+from project.data.split import SPLITS, Split, apply_copy_policy, load_split, new_split
 from project.errors import UserError
 from project.settings import DataSettings, InputSettings, default_cache_dir
 
@@ -35,6 +36,8 @@ CALIBRATION_IMAGES = 256
 
 #: Where the run folder lists every skipped file (written by the training run's bookkeeping).
 SKIPPED_FILE_NAME = "skipped_files.txt"
+#: Where the run folder lists every group of copies of one photograph (a new grouped split only).
+DUPLICATES_FILE_NAME = "duplicates.csv"
 
 
 class UTKFaceDataModule(pl.LightningDataModule):
@@ -64,6 +67,9 @@ class UTKFaceDataModule(pl.LightningDataModule):
         self.scan: Optional[ScanResult] = None
         self.split: Optional[Split] = None
         self.caches: Dict[str, FeatureCache] = {}
+        #: copies of one photograph found for a new grouped split, and the rows its copy policy left out
+        self.copies: Optional[CopyGroups] = None
+        self.left_out: Dict[int, str] = {}
         self.datasets: Dict[str, Dataset] = {}
         self.photo_views = model_input.photo_views
 
@@ -71,20 +77,26 @@ class UTKFaceDataModule(pl.LightningDataModule):
     def from_path(cls, data_dir: Union[str, os.PathLike], model, *, batch_size: int = 64, seed: int = 42,
                   split_file: Union[str, os.PathLike, None] = None, num_workers: int = 2,
                   cache_dir: Union[str, os.PathLike, None] = None, feature_cache: bool = True,
-                  precision: str = "32-true", strict_data: bool = False) -> "UTKFaceDataModule":
+                  precision: str = "32-true", strict_data: bool = False, split: str = "grouped",
+                  copy_labels: str = "drop", group_people: Optional[float] = None) -> "UTKFaceDataModule":
         """The DataModule for ``model`` (a ``LitClassifier``, or its ``AgeNet``) on the images ``data_dir`` names:
         a UTKFace folder or archive, or a labels table.
 
         ``split_file``: a run's ``split.json`` (test a saved checkpoint on its own test images); else a new split
-        seeded by ``seed`` (write it with :meth:`save_split`). With ``feature_cache`` the frozen backbone runs once
-        per image and view, in ``precision`` (``32-true``, or ``bf16-mixed`` where the CPU or GPU has bf16), and the
-        cache is kept in ``cache_dir`` (default: ``~/.cache/age-group-classifier``) for the next run.
+        seeded by ``seed`` (write it with :meth:`save_split`): ``split="grouped"`` keeps copies of one photograph
+        on one side and treats copies with conflicting ages by ``copy_labels`` (``drop``, ``median`` or ``keep``);
+        ``split="random"`` splits file by file as releases before 0.5.0 did; ``group_people`` (a dlib descriptor
+        distance, with the faces extra) also keeps each person's photos on one side. With ``feature_cache`` the frozen
+        backbone runs once per image and view, in ``precision`` (``32-true``, or ``bf16-mixed`` where the CPU or GPU
+        has bf16), and the cache is kept in ``cache_dir`` (default: ``~/.cache/age-group-classifier``) for the next
+        run.
         """
         net = getattr(model, "net", model)
         data = DataSettings(data_dir=Path(data_dir), cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(),
                             batch_size=batch_size, seed=seed, num_workers=num_workers,
                             split_file=Path(split_file) if split_file else None, strict_data=strict_data,
-                            feature_cache=feature_cache)
+                            feature_cache=feature_cache, split=split, copy_labels=copy_labels,
+                            group_people=group_people)
         features = FeatureCacheBuilder(net.backbone, precision, data.cache_dir / "features",
                                        batch_size=max(batch_size, 32), num_workers=num_workers) \
             if feature_cache else None
@@ -127,10 +139,46 @@ class UTKFaceDataModule(pl.LightningDataModule):
         if self.settings.split_file:
             self.split = load_split(self.settings.split_file, self.scan.items, usable, self.root)
         else:
-            self.split = new_split(self.scan.items, usable, self.settings.seed)
+            self.split = self._new_split(usable)
         for name in SPLITS:
             if len(self.split.indices[name]) == 0:  # a split.json of other images, say
                 raise UserError(f"the {name} split of {self.settings.split_file} holds no usable image")
+
+    def _new_split(self, usable: np.ndarray) -> Split:
+        """A new split of the usable rows: file by file, or with copies of one photograph kept together."""
+        items, settings = self.scan.items, self.settings
+        if settings.split == "random":
+            split = new_split(items, usable, settings.seed)
+            split.mode = "random"
+            return split
+        self.copies = copies_in(self.root, items, settings.cache_dir, max(1, settings.num_workers))
+        together = self._people(usable) if settings.group_people is not None else []
+        rows, units, self.left_out = apply_copy_policy(items, usable, self.copies.groups, settings.copy_labels,
+                                                       together)
+        split = new_split(items, rows, settings.seed, units)
+        split.mode, split.copy_labels = "grouped", settings.copy_labels
+        split.left_out = tuple(sorted(items[row].relpath for row in self.left_out))
+        log.info("UTKFace: %s (list in %s of the run folder)", self.copies_summary(), DUPLICATES_FILE_NAME)
+        return split
+
+    def _people(self, usable: np.ndarray) -> List[List[int]]:
+        """Groups of usable rows that show one person (``group_people``: dlib descriptors within that distance)."""
+        from project.data.people import descriptors, people_summary, same_person_groups
+
+        items, settings = self.scan.items, self.settings
+        table = descriptors(self.root, items, settings.cache_dir, max(1, settings.num_workers))
+        keep = np.zeros(len(items), dtype=bool)
+        keep[usable] = True
+        table = np.where(keep[:, None], table, np.nan)
+        groups = same_person_groups(table, settings.group_people)
+        log.info("UTKFace: %s", people_summary(groups, len(usable), settings.group_people))
+        return groups
+
+    def copies_summary(self) -> Optional[str]:
+        """One line about the copies a new grouped split found (``None`` for other splits)."""
+        if self.copies is None:
+            return None
+        return copies_summary(self.copies, self.scan.items, self.left_out, self.settings.copy_labels)
 
     def _calibration_items(self) -> List[FaceItem]:
         """Up to ``CALIBRATION_IMAGES`` training images, spread over the training split (never validation or test
@@ -229,6 +277,12 @@ class UTKFaceDataModule(pl.LightningDataModule):
     def save_split(self, path: Path) -> Path:
         """Write ``split.json`` so a later test or resume uses the same validation and test images."""
         return self.split.save(path, self.scan.items, self.settings.seed)
+
+    def save_duplicates(self, path: Path) -> Optional[Path]:
+        """Write ``duplicates.csv`` (every group of copies; nothing when the split did not look for them)."""
+        if self.copies is None:
+            return None
+        return write_report(path, self.copies, self.scan.items, self.left_out)
 
     def save_skipped(self, path: Path) -> Optional[Path]:
         """Write every skipped file with its reason, one per line (nothing if none were skipped)."""

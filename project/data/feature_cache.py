@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader
 
 from project.data.datasets import CACHED_VIEWS, DECODED, ImageDataset, undecoded_rows
 from project.data.photo_views import PHOTO_VIEW_VERSION
-from project.data.scan import FaceItem
+from project.data.scan import FaceItem, files_digest
 from project.fileutils import write_json_atomic
 from project.precision import autocast_dtype
 from project.progress import progress_interval
@@ -97,14 +97,6 @@ def shard_rows(rows: int, count: int, batch_size: int) -> List[Tuple[int, int]]:
     batches = -(-rows // batch_size)
     bounds = [min(rows, batches * i // count * batch_size) for i in range(count + 1)]
     return list(zip(bounds[:-1], bounds[1:]))
-
-
-def files_digest(root: Path, relpaths: Sequence[str]) -> str:
-    """A hash of a list of images: their names and sizes, in order."""
-    files = hashlib.sha256()
-    for relpath in relpaths:
-        files.update(f"{relpath}\0{(Path(root) / relpath).stat().st_size}\n".encode())
-    return files.hexdigest()
 
 
 class FeatureCache:

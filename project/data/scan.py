@@ -8,9 +8,10 @@ skipped with a reason and reported once, up front.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from project.age_groups import MAX_AGE, age_to_group
 from project.transforms import IMAGE_SUFFIXES
@@ -145,3 +146,11 @@ def age_problem(age: int) -> Optional[str]:
     if age_to_group(age) is None:
         return f"age {age} outside 0-{MAX_AGE}"
     return None
+
+
+def files_digest(root: Path, relpaths: Sequence[str]) -> str:
+    """A hash of a list of images: their names and sizes, in order."""
+    files = hashlib.sha256()
+    for relpath in relpaths:
+        files.update(f"{relpath}\0{(Path(root) / relpath).stat().st_size}\n".encode())
+    return files.hexdigest()

@@ -131,6 +131,7 @@ def train(settings: RunSettings, callbacks: Sequence[Callback] = ()) -> Dict:
         "epochs_trained": trainer.current_epoch,
         "stopped_early": bool(trainer.should_stop and trainer.current_epoch < settings.trainer.max_epochs),
         "test_images": len(datamodule.split.indices["test"]),
+        "split": datamodule.split.mode, "copies": datamodule.copies_summary(),
         "precision": settings.trainer.precision, "feature_precision": settings.trainer.feature_precision,
         "feature_cache": str(datamodule.caches["original"].path) if datamodule.caches else None,
         "wall_time_s": round(time.time() - started, 1),
@@ -140,7 +141,9 @@ def train(settings: RunSettings, callbacks: Sequence[Callback] = ()) -> Dict:
         run_dir.mkdir(parents=True, exist_ok=True)
         metrics_file = run_files.write_metrics(run_dir / run_files.METRICS_FILE_NAME, payload)
         write_plots(run_dir, datamodule, model, payload)
-        print(f"\nBest checkpoint: {best_path or '-'}\nTest metrics:    {metrics_file}\nLogs and plots:  {run_dir}")
+        copies = f"\nCopies:          {payload['copies']}" if payload["copies"] else ""
+        print(f"\nBest checkpoint: {best_path or '-'}\nTest metrics:    {metrics_file}\nLogs and plots:  {run_dir}"
+              f"{copies}")
     return payload
 
 

@@ -6,6 +6,7 @@
     split.json          the validation and test file names and the seed
     slices.csv          accuracy and errors in years per gender, ethnicity and age band
     skipped_files.txt   every unusable file with its reason (only when there were some)
+    duplicates.csv      every group of copies of one photograph, their ages and which were kept (a new grouped split)
     run_config.json     the run's settings under their flag names (``RunSettings.record``)
     plots/              the run's figures
 """
@@ -18,7 +19,7 @@ from typing import Any, Dict, Optional
 
 import pytorch_lightning as pl
 
-from project.data.datamodule import SKIPPED_FILE_NAME  # noqa: F401 - one of the run files
+from project.data.datamodule import DUPLICATES_FILE_NAME, SKIPPED_FILE_NAME  # noqa: F401 - run files
 from project.age_report import write_slices_csv
 from project.fileutils import write_json_atomic
 from project.models.checkpoint import run_folder_of as run_dir_of  # noqa: F401 - the run folder of a checkpoint
