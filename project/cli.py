@@ -409,7 +409,7 @@ def test_only(args: argparse.Namespace, settings: RunSettings) -> dict:
     split_file = settings.data.split_file or run_files.run_dir_of(checkpoint) / run_files.SPLIT_FILE_NAME
     if not split_file.is_file():
         warnings.warn(f"no {run_files.SPLIT_FILE_NAME} beside the checkpoint; re-deriving the split from "
-                      f"--seed {settings.data.seed}")
+                      f"--seed {settings.data.seed} (and the run's run_config.json, if it is there)")
         split_file = None
     return run.retest(settings, checkpoint, split_file, Path(args.metrics_json) if args.metrics_json else None)
 

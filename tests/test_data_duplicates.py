@@ -120,17 +120,29 @@ def test_an_unknown_policy_is_a_one_line_error():
         apply_copy_policy(items, np.arange(10), groups, "mean")
 
 
-def test_single_images_split_exactly_as_the_random_split_did():
+def test_single_images_split_exactly_as_release_0_4_did():
+    """Release 0.4.0's per-group rule, written out: a seeded permutation, then round(n * fraction) for test and of the
+    rest for validation."""
     groups = np.repeat(np.arange(5), [700, 1200, 400, 100, 30])
-    plain = stratified_split(groups, seed=5)
-    as_units = stratified_split(groups, seed=5, sizes=np.ones(len(groups), dtype=int))
-    assert all(np.array_equal(plain[name], as_units[name]) for name in plain)
+    rng = np.random.default_rng(5)
+    expected = {"train": [], "val": [], "test": []}
+    for group in range(5):
+        members = rng.permutation(np.flatnonzero(groups == group))
+        n_test = int(round(len(members) * 0.1))
+        n_val = int(round((len(members) - n_test) * 0.1))
+        expected["test"] += members[:n_test].tolist()
+        expected["val"] += members[n_test:n_test + n_val].tolist()
+        expected["train"] += members[n_test + n_val:].tolist()
+    for sizes in (None, np.ones(len(groups), dtype=int)):
+        split = stratified_split(groups, seed=5, sizes=sizes)
+        assert all(split[name].tolist() == sorted(expected[name]) for name in expected)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 42, 7])
 def test_the_grouped_split_keeps_copies_together(seed):
-    rng = np.random.default_rng(seed)
-    items = [FaceItem(f"{i:04d}.jpg", int(age), int(age) // 25) for i, age in enumerate(rng.integers(0, 100, 600))]
+    ages = np.random.default_rng(seed).integers(0, 100, 600)
+    ages[:300] = np.repeat(ages[:300:3], 3)  # copies share their age
+    items = [FaceItem(f"{i:04d}.jpg", int(age), int(age) // 25) for i, age in enumerate(ages)]
     unit_of = np.arange(600)
     for start in range(0, 300, 3):  # 100 groups of three copies
         unit_of[start:start + 3] = start
@@ -140,7 +152,12 @@ def test_the_grouped_split_keeps_copies_together(seed):
         side[rows] = name
     assert all(len(set(side[start:start + 3])) == 1 for start in range(0, 300, 3))
     assert sorted(np.concatenate(list(split.indices.values())).tolist()) == list(range(600))
-    assert 45 <= len(split.indices["test"]) <= 75  # about 10 %, in whole groups
+    assert 45 <= len(split.indices["test"]) <= 75 and 40 <= len(split.indices["val"]) <= 70  # ~10 %, whole groups
+    for name in ("test", "val"):  # stratified: every age group present in about its share
+        rows = split.indices[name]
+        share = np.bincount([items[row].group for row in rows], minlength=4)[:4] / len(rows)
+        overall = np.bincount([item.group for item in items], minlength=4)[:4] / 600
+        assert np.all(np.abs(share - overall) < 0.05), (name, share, overall)
 
 
 def test_a_split_json_of_release_0_4_loads_as_before(tmp_path):
@@ -232,3 +249,13 @@ def test_the_copies_benchmark_finds_every_pair_and_no_straddling(copies_dir, tmp
     assert "(brute force over all pairs): 3; found by the hash step and confirmation: 3 (missed: 0)" in out
     grouped = [line for line in out.splitlines() if line.startswith("| grouped")]
     assert len(grouped) == 3 and all(line.split(" | ")[4:7] == ["0", "0", "0"] for line in grouped)
+
+
+def test_check_data_reports_a_set_too_small_to_split(tmp_path, cache_dir):
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    smooth_face(0).save(folder / face_name(30, 0), "JPEG")
+    (folder / face_name(40, 1)).write_bytes((folder / face_name(30, 0)).read_bytes())
+    lines = check_data(folder, cache_dir, tmp_path / "report", num_workers=0)
+    assert lines[-1].startswith("a new run could not split this set: too few images to split")
+    assert (tmp_path / "report" / "duplicates.csv").is_file()

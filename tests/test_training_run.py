@@ -52,6 +52,21 @@ def test_fit_then_test_writes_the_run_files_and_a_retest_matches(flags, runs):
         assert as_before[key] == metrics[key], key
 
 
+def test_a_run_without_its_split_json_retests_on_the_split_it_made(flags, runs, utkface_dir):
+    """A file-by-file run (as every run before 0.5.0) re-tested after its split.json was lost: its run_config.json
+    says how it split, so the re-derived split is its own, not today's grouped default."""
+    original = sorted(utkface_dir.iterdir())[0]
+    (utkface_dir / ("99_" + original.name.split("_", 1)[1])).write_bytes(original.read_bytes())
+    metrics = train(settings_for(flags + ["--max_epochs", "1", "--split", "random"]))
+    folder = run_dir(runs)
+    assert json.loads((folder / "run_config.json").read_text())["split"] == "random"
+    (folder / "split.json").unlink()
+    again = retest(settings_for(flags), metrics["checkpoint"], None)  # the flags' default split is grouped
+    assert again["split"] == "random"
+    for key in ("test_acc", "test_loss", "confusion_matrix", "test_images"):
+        assert again[key] == metrics[key], key
+
+
 def test_a_run_reports_its_copies_and_keeps_them_apart_from_the_test(flags, runs, utkface_dir, capsys):
     """One synthetic face copied under another age: the run lists it in duplicates.csv, says so in its summary,
     and (``--copy_labels drop``) neither copy is trained, validated or tested on."""

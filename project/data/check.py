@@ -1,8 +1,8 @@
 """``--check_data``: scan a dataset and report what a training run would skip and which photos it holds twice,
 without training - for people curating their own set.
 
-The report is the one a run writes (``skipped_files.txt``, ``duplicates.csv``), plus the split a new run with these
-settings would make: how many images each side gets and how many the copy policy leaves out.
+The report is the one a run writes (``skipped_files.txt``, ``duplicates.csv``), plus the grouped split a new run
+with this seed and copy policy would make: how many images each side gets and how many the policy leaves out.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from project.data.duplicates import REPORT_FILE_NAME, copies_in, copies_summary,
 from project.data.scan import UNDECODABLE_REASON
 from project.data.sources import resolve_data_dir, scan_source
 from project.data.split import SPLITS, apply_copy_policy, new_split
+from project.errors import UserError
 
 SKIPPED_REPORT_NAME = "skipped_files.txt"
 
@@ -33,7 +34,6 @@ def check_data(data_dir: os.PathLike, cache_dir: Path, report_dir: Path, *, seed
     usable = np.array([row for row in range(len(scan.items)) if row not in undecodable], dtype=np.int64)
     copies = copies_in(scan.root, scan.items, cache_dir, max(1, num_workers))
     rows, units, left_out = apply_copy_policy(scan.items, usable, copies.groups, copy_labels)
-    split = new_split(scan.items, rows, seed, units)
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     lines = [f"{data_dir}: {len(usable):,} usable images of {scan.files_seen:,} files"]
@@ -44,6 +44,10 @@ def check_data(data_dir: os.PathLike, cache_dir: Path, report_dir: Path, *, seed
     if copies.groups:
         write_report(report_dir / REPORT_FILE_NAME, copies, scan.items, left_out)
         lines.append(f"every group, its ages and what a new run keeps: {report_dir / REPORT_FILE_NAME}")
+    try:
+        split = new_split(scan.items, rows, seed, units)
+    except UserError as err:
+        return lines + [f"a new run could not split this set: {err}"]
     sizes = " / ".join(f"{len(split.indices[name]):,}" for name in SPLITS)
     lines.append(f"a new run (--seed {seed}, --copy_labels {copy_labels}) would train / validate / test on {sizes} "
                  f"images, leaving out {len(left_out):,} copies")

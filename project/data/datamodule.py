@@ -104,8 +104,18 @@ class UTKFaceDataModule(pl.LightningDataModule):
 
     # -- lightning hooks -------------------------------------------------------------------------------------
     def prepare_data(self) -> None:
-        """Extract an archive (once per node, before the other processes look at it)."""
-        resolve_data_dir(self.settings.data_dir, self.settings.cache_dir)
+        """Extract an archive (once per node, before the other processes look at it); under DDP, also find the
+        copies (and people) a new grouped split needs, so that the other processes read them from the cache."""
+        source = resolve_data_dir(self.settings.data_dir, self.settings.cache_dir)
+        settings = self.settings
+        if self.trainer is None or self.trainer.world_size == 1 or settings.split_file or settings.split != "grouped":
+            return
+        scan = scan_source(source)
+        copies_in(scan.root, scan.items, settings.cache_dir, max(1, settings.num_workers))
+        if settings.group_people is not None:
+            from project.data.people import descriptors
+
+            descriptors(scan.root, scan.items, settings.cache_dir, max(1, settings.num_workers))
 
     def setup(self, stage: Optional[str] = None) -> None:
         """Scan, validate and split the images; build or open the feature caches if they are used."""

@@ -3,16 +3,18 @@
 UTKFace holds about a thousand such pairs, most of them filed under two different ages; a split that puts one copy
 in training and the other in the test set measures the model on a face it has seen. Two steps find them:
 
-1. a 64-bit perceptual hash (the DCT hash of Zauner's pHash, as ``imagehash.phash`` computes it) of every image,
-   compared between all pairs: copies differ in a few bits, different faces in about half of them;
+1. a 64-bit perceptual hash of every image (the DCT hash of ``imagehash.phash``: the 8 x 8 lowest frequencies of a
+   32 x 32 grey image against their median; the 32 x 32 image here is the mean of 2 x 2 pixels of the thumbnail
+   below, where imagehash resizes the original with LANCZOS), compared between all pairs: copies differ in a few
+   bits, different faces in about half of them;
 2. every pair within :data:`HASH_DISTANCE` bits is confirmed (or not) by the Pearson correlation of the two images
    as 64 x 64 grey pixels, which must reach :data:`MIN_CORRELATION`.
 
 Files with the same bytes are copies whatever their pixels. The hash is a few lines of numpy on the same 64 x 64
 grey thumbnail the confirmation needs, so one decode per image serves both and nothing is added to the
 dependencies (``imagehash`` would pull in scipy and PyWavelets for one function and decode each image again). Both
-thresholds were chosen on UTKFace (docs/decisions.md, "Duplicate faces"). The result is cached per dataset
-(keyed, like the feature cache, by the files' names and sizes), so only a first run pays for the scan.
+thresholds were chosen on UTKFace (docs/decisions.md, "Copies of one photo stay on one side"). The result is cached
+per dataset (keyed, like the feature cache, by the files' names and sizes), so only a first run pays for the scan.
 """
 
 from __future__ import annotations
@@ -112,7 +114,7 @@ def fingerprints(root: Path, relpaths: Sequence[str], workers: int = 2) -> Finge
     return Fingerprints([digest for digest, _ in results], perceptual_hashes(thumbs), thumbs, decoded)
 
 
-def hash_candidates(hashes: np.ndarray, max_distance: int = HASH_DISTANCE, block: int = 2048) -> np.ndarray:
+def hash_candidates(hashes: np.ndarray, max_distance: int = HASH_DISTANCE, block: int = 512) -> np.ndarray:
     """Every pair ``(i, j)``, ``i < j``, whose hashes differ in at most ``max_distance`` bits (all pairs are
     compared, a block of rows at a time: about 2 s for UTKFace's 23,707 images)."""
     pairs = []
@@ -145,13 +147,6 @@ class CopyGroups:
 
     groups: List[List[int]]
     pairs: List[Tuple[int, int, float]] = field(default_factory=list)
-
-    def group_of(self, count: int) -> np.ndarray:
-        """Per row of ``count`` items, the id of its group of copies (a lone image is a group of its own)."""
-        ids = np.arange(count)
-        for members in self.groups:
-            ids[members] = min(members)
-        return ids
 
 
 def find_copies(prints: Fingerprints) -> CopyGroups:

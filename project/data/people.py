@@ -85,7 +85,12 @@ def descriptors(root: Path, items: Sequence[FaceItem], cache_dir: Optional[Path]
         key = hashlib.sha256(f"{METHOD}\n{files_digest(root, [item.relpath for item in items])}".encode())
         path = Path(cache_dir) / "people" / f"descriptors-{key.hexdigest()[:20]}.npy"
         if path.is_file():
-            return np.load(path)
+            try:
+                table = np.load(path)
+                if table.shape == (len(items), 128):
+                    return table
+            except (OSError, ValueError):
+                pass  # a damaged cache file is computed again
     _load_models()  # a missing dependency is one line here, not in a worker process
     from tqdm.auto import tqdm
 
@@ -105,12 +110,15 @@ def descriptors(root: Path, items: Sequence[FaceItem], cache_dir: Optional[Path]
     return table
 
 
-def same_person_groups(table: np.ndarray, threshold: float = SAME_PERSON_DISTANCE, block: int = 2048
+def same_person_groups(table: np.ndarray, threshold: float = SAME_PERSON_DISTANCE, block: int = 1024
                        ) -> List[List[int]]:
     """Groups of rows linked by descriptor distances below ``threshold`` (closed under the links), size >= 2; a
-    one-line error when one group would hold more than :data:`MAX_GROUP_SHARE` of the images."""
+    one-line error as soon as one group holds more than :data:`MAX_GROUP_SHARE` of the images."""
     count = len(table)
     parent = np.arange(count)
+    size = np.ones(count, dtype=np.int64)
+    valid = ~np.isnan(table).any(axis=1)
+    limit = MAX_GROUP_SHARE * max(1, int(valid.sum()))
 
     def root(row: int) -> int:
         while parent[row] != row:
@@ -118,28 +126,30 @@ def same_person_groups(table: np.ndarray, threshold: float = SAME_PERSON_DISTANC
             row = parent[row]
         return row
 
-    valid = ~np.isnan(table).any(axis=1)
     vectors = np.where(valid[:, None], table, 0).astype(np.float32)
     squares = (vectors ** 2).sum(axis=1)
     for start in range(0, count, block):
         distances = squares[start:start + block, None] + squares[None, start:] - 2 * vectors[start:start + block] \
             @ vectors[start:].T
         i, j = np.nonzero(distances < threshold ** 2)
-        for a, b in zip(i + start, j + start):
-            if b > a and valid[a] and valid[b]:
-                ra, rb = root(int(a)), root(int(b))
-                if ra != rb:
-                    parent[max(ra, rb)] = min(ra, rb)
+        for a, b in zip((i + start).tolist(), (j + start).tolist()):
+            if b <= a or not (valid[a] and valid[b]):
+                continue
+            ra, rb = root(a), root(b)
+            if ra == rb:
+                continue
+            low, high = min(ra, rb), max(ra, rb)
+            parent[high] = low
+            size[low] += size[high]
+            if size[low] > limit:
+                raise UserError(f"--group_people {threshold}: faces closer than {threshold} chain more than "
+                                f"{int(limit):,} of {int(valid.sum()):,} images into one person, which no split can "
+                                f"keep on one side; pass a smaller distance (--group_people 0.3), or leave the flag "
+                                f"off")
     members: dict = {}
     for row in range(count):
         members.setdefault(root(row), []).append(row)
-    groups = sorted(group for group in members.values() if len(group) > 1)
-    largest = max(map(len, groups), default=0)
-    if largest > MAX_GROUP_SHARE * max(1, int(valid.sum())):
-        raise UserError(f"--group_people {threshold}: faces closer than {threshold} chain {largest:,} of "
-                        f"{int(valid.sum()):,} images into one person, which no split can keep on one side; pass a "
-                        f"smaller distance (--group_people 0.3), or leave the flag off")
-    return groups
+    return sorted(group for group in members.values() if len(group) > 1)
 
 
 def people_summary(groups: Sequence[Sequence[int]], images: int, threshold: float) -> str:

@@ -28,7 +28,7 @@ SPLITS = ("train", "val", "test")
 SPLIT_MODES = ("grouped", "random")
 #: what happens to copies of one photograph whose ages disagree: ``drop`` leaves the group out, ``median`` keeps
 #: the copy with the median age, ``keep`` keeps every copy (all on one side). Copies that agree keep one file,
-#: except under ``keep``. Why ``drop`` is the default: docs/decisions.md, "Duplicate faces".
+#: except under ``keep``. Why ``drop`` is the default: docs/decisions.md, "Copies of one photo stay on one side".
 COPY_POLICIES = ("drop", "median", "keep")
 #: share of all images held out for testing, then share of the rest held out for validation (the notebook's 10 %)
 TEST_FRACTION = 0.1

@@ -51,4 +51,5 @@ class RunFiles(Callback):
         datamodule.save_split(run_dir / run_files.SPLIT_FILE_NAME)
         datamodule.save_skipped(run_dir / run_files.SKIPPED_FILE_NAME)
         datamodule.save_duplicates(run_dir / run_files.DUPLICATES_FILE_NAME)
-        run_files.write_config(run_dir, self.record)
+        split = datamodule.split  # the split the run uses, which a split file may have decided
+        run_files.write_config(run_dir, {**self.record, "split": split.mode, "copy_labels": split.copy_labels})

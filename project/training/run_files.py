@@ -61,6 +61,15 @@ def read_config(run_dir: Path) -> Optional[Dict[str, Any]]:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def split_settings_of(run_dir: Path) -> Dict[str, Any]:
+    """How a run made its split, from its ``run_config.json``, to make it again when its ``split.json`` is gone
+    (runs of releases before 0.5.0 recorded nothing: they split file by file); empty without a run_config.json."""
+    config = read_config(run_dir)
+    if config is None:
+        return {}
+    return {"split": config.get("split") or "random", "copy_labels": config.get("copy_labels") or "drop"}
+
+
 def write_metrics(path: Path, payload: Dict[str, Any]) -> Path:
     """``test_metrics.json`` (or any metrics file) and, beside it, the slice table as CSV: ``slices.csv`` in a run
     folder, ``NAME.slices.csv`` for a metrics file of another name."""
