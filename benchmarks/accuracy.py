@@ -26,8 +26,8 @@ from typing import Dict, List
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from project.age_groups import GROUP_LABELS  # noqa: E402
-from project.recipes import RECIPES  # noqa: E402
+from project.config.recipes import RECIPES  # noqa: E402
+from project.core.age_groups import GROUP_LABELS  # noqa: E402
 
 
 def derived_metrics(run: Dict) -> Dict[str, float]:

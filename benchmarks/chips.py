@@ -24,15 +24,15 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from project.config.devices import machine_name  # noqa: E402
+from project.config.settings import default_cache_dir  # noqa: E402
+from project.core.transforms import load_rgb_image  # noqa: E402
 from project.data.datasets import files_dataset  # noqa: E402
 from project.data.split import split_names  # noqa: E402
-from project.devices import machine_name  # noqa: E402
 from project.inference.detectors import FaceOptions  # noqa: E402
 from project.inference.predictor import AgeGroupPredictor, face_filling, image_overlap  # noqa: E402
 from project.models.bundle import PRETRAINED_DIR, is_bundle, listed_test_files  # noqa: E402
 from project.models.checkpoint import run_folder_of  # noqa: E402
-from project.settings import default_cache_dir  # noqa: E402
-from project.transforms import load_rgb_image  # noqa: E402
 
 
 def main(argv=None) -> int:

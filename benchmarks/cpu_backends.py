@@ -34,14 +34,14 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from project.config.precision import cpu_has_native_bf16  # noqa: E402
+from project.config.settings import default_cache_dir  # noqa: E402
+from project.core.transforms import build_transform, load_rgb_image  # noqa: E402
 from project.data.scan import scan_utkface  # noqa: E402
 from project.data.sources import resolve_data_dir  # noqa: E402
 from project.data.split import load_split  # noqa: E402
 from project.models.checkpoint import load_trained_net  # noqa: E402
 from project.models.quantized import cpu_session, export_backbone, quantize_int8  # noqa: E402
-from project.precision import cpu_has_native_bf16  # noqa: E402
-from project.settings import default_cache_dir  # noqa: E402
-from project.transforms import build_transform, load_rgb_image  # noqa: E402
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from speed import conv_gmacs, machine_name  # noqa: E402

@@ -26,9 +26,9 @@ from PIL import Image, ImageEnhance
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.faces import test_chips  # noqa: E402
-from project.age_groups import age_to_group  # noqa: E402
+from project.config.precision import cpu_has_native_bf16  # noqa: E402
+from project.core.age_groups import age_to_group  # noqa: E402
 from project.inference.predictor import AgeGroupPredictor  # noqa: E402
-from project.precision import cpu_has_native_bf16  # noqa: E402
 
 
 def jpeg(image: Image.Image, quality: int) -> Image.Image:

@@ -26,11 +26,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from project.config.devices import machine_name  # noqa: E402
+from project.config.settings import default_cache_dir  # noqa: E402
 from project.data import duplicates  # noqa: E402
 from project.data.sources import resolve_data_dir, scan_source  # noqa: E402
 from project.data.split import COPY_POLICIES, apply_copy_policy, new_split  # noqa: E402
-from project.devices import machine_name  # noqa: E402
-from project.settings import default_cache_dir  # noqa: E402
 
 
 def all_similar_pairs(thumbs: np.ndarray, threshold: float, block: int = 2048) -> np.ndarray:

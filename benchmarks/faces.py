@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.serve import machine_name  # noqa: E402
-from project.age_groups import age_to_group  # noqa: E402
+from project.core.age_groups import age_to_group  # noqa: E402
 from project.data.scan import parse_name  # noqa: E402
 from project.inference.detectors import make_face_detector  # noqa: E402
 from project.inference.predictor import AgeGroupPredictor  # noqa: E402

@@ -24,10 +24,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from project.config.devices import machine_name  # noqa: E402
+from project.config.settings import DataSettings, default_cache_dir  # noqa: E402
 from project.data import duplicates  # noqa: E402
-from project.devices import machine_name  # noqa: E402
 from project.lit_classifier_main import LitClassifier  # noqa: E402
-from project.settings import DataSettings, default_cache_dir  # noqa: E402
 from project.training import run, run_files  # noqa: E402
 
 

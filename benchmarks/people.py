@@ -20,11 +20,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from project.config.devices import machine_name  # noqa: E402
+from project.config.settings import default_cache_dir  # noqa: E402
 from project.data import duplicates, people  # noqa: E402
 from project.data.sources import resolve_data_dir, scan_source  # noqa: E402
 from project.data.split import apply_copy_policy, new_split  # noqa: E402
-from project.devices import machine_name  # noqa: E402
-from project.settings import default_cache_dir  # noqa: E402
 
 
 def components(table: np.ndarray, threshold: float) -> np.ndarray:

@@ -41,17 +41,17 @@ import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 from pytorch_lightning.callbacks import Callback  # noqa: E402
 
-from project.data.sources import resolve_data_dir  # noqa: E402
+from project.config.precision import CHOICES as PRECISION_CHOICES  # noqa: E402
+from project.config.precision import Hardware, autocast_dtype, choose_precision  # noqa: E402
+from project.config.recipes import RECIPES  # noqa: E402
+from project.config.settings import DataSettings, default_cache_dir  # noqa: E402
 from project.data.feature_cache import FeatureCacheBuilder  # noqa: E402
 from project.data.scan import scan_utkface  # noqa: E402
+from project.data.sources import resolve_data_dir  # noqa: E402
 from project.models.backbone import build_backbone  # noqa: E402
 from project.models.net import AgeNet  # noqa: E402
 from project.models.quantized import Int8Features  # noqa: E402
 from project.models.quantized import is_available as int8_is_available  # noqa: E402
-from project.precision import CHOICES as PRECISION_CHOICES  # noqa: E402
-from project.precision import autocast_dtype, native_precision, resolve_feature_precision  # noqa: E402
-from project.recipes import RECIPES  # noqa: E402
-from project.settings import DataSettings, default_cache_dir  # noqa: E402
 from project.training.callbacks import FastTrainingAllocator  # noqa: E402
 from project.training.module import LitClassifier  # noqa: E402
 from project.training.run import build_datamodule  # noqa: E402
@@ -244,9 +244,9 @@ def main(argv=None) -> int:
 
     use_cuda = args.accelerator == "gpu" or (args.accelerator == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if use_cuda else "cpu")
-    best = native_precision(device.type)
-    int8_usable = int8_is_available()
-    auto_features = resolve_feature_precision("auto", device.type, int8_usable=int8_usable)
+    hardware = Hardware.of(device.type)
+    best = hardware.native_precision
+    auto_features = choose_precision("auto", hardware, int8_available=int8_is_available).features
     precisions = args.precisions or list(dict.fromkeys(["32-true", best, auto_features]))
     layer = RECIPES[args.recipe].net.input.feature_layer
     backbone = build_backbone(args.backbone_weights, layer)
@@ -267,7 +267,7 @@ def main(argv=None) -> int:
                                Path(work))
 
     if "cached" not in args.skip:
-        features = resolve_feature_precision(args.cached_precision, device.type, int8_usable=int8_usable)
+        features = choose_precision(args.cached_precision, hardware, int8_available=int8_is_available).features
         train_s, val_s, batches, _ = epoch_times(args, device, best, cached=True, feature_precision=features)
         results["cached_epoch"] = {"precision": best, "feature_precision": features, "train_s": train_s,
                                    "val_s": val_s, "batches": batches}

@@ -27,10 +27,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from project import __version__  # noqa: E402
+from project.common.errors import OneLineArgumentParser, UserError, add_debug_argument, exit_on_user_error  # noqa: E402
+from project.config.devices import machine_name  # noqa: E402
+from project.config.settings import default_cache_dir  # noqa: E402
 from project.data.datasets import files_dataset  # noqa: E402
 from project.data.split import split_names  # noqa: E402
-from project.devices import machine_name  # noqa: E402
-from project.errors import OneLineArgumentParser, UserError, add_debug_argument, exit_on_user_error  # noqa: E402
 from project.inference.evaluation import Evaluation, evaluate  # noqa: E402
 from project.models.bundle import (  # noqa: E402
     METRICS_FILE,
@@ -41,7 +42,6 @@ from project.models.bundle import (  # noqa: E402
     write_record,
 )
 from project.models.checkpoint import load_trained_net, run_folder_of  # noqa: E402
-from project.settings import default_cache_dir  # noqa: E402
 
 PROGRAM = "age-classifier-bundle"
 

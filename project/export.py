@@ -22,14 +22,17 @@ if __package__ in (None, ""):  # run as a script: make ``import project`` work w
 
 import torch  # noqa: E402
 
+from project.common.errors import OneLineArgumentParser, UserError, add_debug_argument, exit_on_user_error  # noqa: E402
+from project.config.settings import default_cache_dir  # noqa: E402
 from project.data.datasets import files_dataset  # noqa: E402
 from project.data.split import split_names  # noqa: E402
-from project.errors import OneLineArgumentParser, UserError, add_debug_argument, exit_on_user_error  # noqa: E402
 from project.inference.predictor import load_model  # noqa: E402
-from project.models.bundle import PRETRAINED_DIR, is_bundle  # noqa: E402
-from project.models.bundle import listed_test_files  # noqa: E402
+from project.models.bundle import (  # noqa: E402
+    PRETRAINED_DIR,
+    is_bundle,
+    listed_test_files,  # noqa: E402
+)
 from project.models.checkpoint import TrainedNet, run_folder_of  # noqa: E402
-from project.settings import default_cache_dir  # noqa: E402
 
 PROGRAM = "age-classifier-export"
 
@@ -95,8 +98,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if output.suffix.lower() != ".onnx":
             raise UserError(f"--output {args.output}: the file name must end in .onnx")
         try:
-            from project.models.export import export_onnx
             import onnxruntime  # noqa: F401 - the check needs it
+
+            from project.models.export import export_onnx
         except ImportError:
             raise UserError("exporting needs onnx, onnxscript and onnxruntime: pip install -e .[onnx]") from None
         trained = load_model(checkpoint)

@@ -12,7 +12,7 @@ From Python, as in any Lightning project::
     trainer.fit(model, datamodule=datamodule)
     trainer.test(model, datamodule=datamodule, ckpt_path="best")
 
-The model lives in :mod:`project.training.module`, the command line in :mod:`project.cli` (see ARCHITECTURE.md).
+The model lives in :mod:`project.training.module`, the command line in :mod:`project.cli.train` (see ARCHITECTURE.md).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 if __package__ in (None, ""):  # run as a script: make ``import project`` work without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from project.cli import main  # noqa: E402
+from project.cli.train import main  # noqa: E402
 from project.data.datamodule import UTKFaceDataModule  # noqa: E402
 from project.training.module import LitClassifier  # noqa: E402
 

@@ -23,15 +23,16 @@ if __package__ in (None, ""):  # run as a script: make ``import project`` work w
 
 from tqdm.auto import tqdm  # noqa: E402
 
-from project.devices import ACCELERATORS  # noqa: E402
-from project.errors import (  # noqa: E402
+from project.common.errors import (  # noqa: E402
     OneLineArgumentParser,
     UserError,
     add_debug_argument,
     exit_on_user_error,
 )
+from project.config.devices import ACCELERATORS  # noqa: E402
 from project.inference.detectors import add_face_arguments, auto_face_detector, face_options_from  # noqa: E402
 from project.inference.drawing import annotate, save_image  # noqa: E402
+from project.inference.faces import FaceDetector  # noqa: E402
 from project.inference.inputs import find_images, unique_names  # noqa: E402
 from project.inference.predictor import AgeGroupPredictor, Prediction, add_backend_argument  # noqa: E402
 from project.inference.writers import OUTPUT_SUFFIXES, format_table, write_output  # noqa: E402
@@ -86,7 +87,7 @@ def validate_args(args: argparse.Namespace) -> None:
         raise UserError(f"--annotate {args.annotate} is a file; pass a folder for the annotated copies")
 
 
-def face_detector_for(args: argparse.Namespace):
+def face_detector_for(args: argparse.Namespace) -> Optional[FaceDetector]:
     """``--detect_faces``: the detector (the faces extra is needed); ``--no-detect_faces``: none; neither: the
     detector where the faces extra is installed, else none (said once)."""
     options = face_options_from(args)

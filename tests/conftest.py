@@ -58,7 +58,7 @@ def trained_run(tmp_path_factory) -> Path:
     intervals."""
     from helpers.config import run_dir, settings_for
 
-    from project import calibration
+    from project.core import calibration
     from project.training.run import train
 
     root = tmp_path_factory.mktemp("trained")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from project.age_groups import (
+from project.core.age_groups import (
     AGE_BINS,
     GROUP_BOUNDARIES,
     GROUP_LABELS,

@@ -5,7 +5,7 @@ import csv
 import numpy as np
 import pytest
 
-from project.age_report import FaceResults, age_metrics, errors_by_age, slice_rows, write_slices_csv
+from project.core.age_report import FaceResults, age_metrics, errors_by_age, slice_rows, write_slices_csv
 
 NAN = float("nan")
 

@@ -71,7 +71,7 @@ def test_speed_benchmark_measures_int8_raw_build_and_a_cached_epoch_on_int8_feat
     assert row["precision"] == "int8" and row["raw_img_s"] > 0 and row["pipeline_img_s"] > 0
     # the heads train on int8 features (a cache built first) in the native precision, as a first run without AMX
     cached = results["cached_epoch"]
-    assert cached["feature_precision"] == "int8" and cached["precision"] == speed.native_precision("cpu")
+    assert cached["feature_precision"] == "int8" and cached["precision"] == speed.Hardware.of("cpu").native_precision
     assert cached["batches"] == 1 and cached["train_s"] > 0
     assert list((cache_dir / "features").glob("*.npy")) and list((cache_dir / "int8").glob("*.onnx"))
     assert "| int8 |" in out.read_text() and "Cached epoch (int8 features" in out.read_text()

@@ -7,8 +7,8 @@ import torch
 from helpers.config import run_dir, settings_for
 from torchmetrics.functional.classification import multiclass_calibration_error
 
-from project import calibration
-from project.calibration import (
+from project.core import calibration
+from project.core.calibration import (
     AgeCalibration,
     fit_age_calibration,
     fit_temperature,

@@ -11,7 +11,7 @@ from helpers.config import fast_flags, run_dir
 from helpers.paths import REPO
 from helpers.synthetic import write_synthetic_utkface
 
-from project.cli import main
+from project.cli.train import main
 
 
 def run_cli(argv, capsys):
@@ -171,7 +171,7 @@ def test_strict_data_refuses_bad_items(flags, capsys, utkface_dir):
 
 
 def test_debug_shows_the_traceback(tmp_path, cache_dir, runs):
-    from project.errors import UserError
+    from project.common.errors import UserError
 
     with pytest.raises(UserError, match="no UTKFace images"):
         main(fast_flags(make_empty_folder(tmp_path), cache_dir, runs, "--debug"))

@@ -6,10 +6,10 @@ import tarfile
 import pytest
 from helpers.synthetic import pack_like_the_official_archive, write_synthetic_utkface
 
+from project.common.errors import UserError
 from project.data.archives import extraction_target
-from project.data.sources import resolve_data_dir
 from project.data.scan import scan_utkface
-from project.errors import UserError
+from project.data.sources import resolve_data_dir
 
 
 def test_archive_is_extracted_once_and_half_extraction_is_redone(utkface_archive, cache_dir):

@@ -5,11 +5,11 @@ import pytest
 import torch
 from helpers.synthetic import write_undecodable_jpeg
 
+from project.common.errors import UserError
+from project.core.transforms import build_transform, load_rgb_image, mirror
 from project.data.datasets import CachedFeatureDataset, ImageDataset, find_undecodable
-from project.data.scan import scan_utkface
-from project.errors import UserError
 from project.data.photo_views import photo_rng, photo_view
-from project.transforms import build_transform, load_rgb_image, mirror
+from project.data.scan import scan_utkface
 
 
 @pytest.mark.parametrize("views, count", [("original", 1), ("mirrored", 1), ("photo", 1), ("random", 1),

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from project.common.errors import UserError
+from project.config.settings import DataSettings, InputSettings
 from project.data import duplicates
 from project.data.check import check_data
 from project.data.datamodule import UTKFaceDataModule
 from project.data.scan import FaceItem, scan_utkface
 from project.data.split import apply_copy_policy, load_split, new_split, stratified_split
-from project.errors import UserError
-from project.settings import DataSettings, InputSettings
 from tests.helpers.synthetic import face_name, write_synthetic_utkface
 
 
@@ -225,7 +225,7 @@ def test_a_synthetic_set_has_no_copies(tmp_path):
 
 
 def test_check_data_flag_of_the_training_command(copies_dir, cache_dir, tmp_path, capsys):
-    from project.cli import main
+    from project.cli.train import main
 
     assert main(["--check_data", "--data_dir", str(copies_dir), "--cache_dir", str(cache_dir),
                  "--default_root_dir", str(tmp_path / "runs"), "--num_workers", "0"]) == 0

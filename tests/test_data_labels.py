@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
-
 from helpers.synthetic import make_face_image
+
+from project.common.errors import UserError
 from project.data.sources import resolve_data_dir, scan_source
-from project.errors import UserError
 
 
 def write_faces(folder, names):

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from project.common.errors import UserError
+from project.config.settings import DataSettings, InputSettings
 from project.data import people
 from project.data.datamodule import UTKFaceDataModule
-from project.errors import UserError
-from project.settings import DataSettings, InputSettings
 from tests.helpers.photos import real_face
 
 

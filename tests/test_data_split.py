@@ -6,9 +6,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from project.common.errors import UserError
 from project.data.scan import FaceItem
 from project.data.split import load_split, new_split, stratified_split
-from project.errors import UserError
 
 
 def test_split_is_stratified_and_reproducible():

@@ -9,10 +9,10 @@ import torch
 from helpers.models import random_backbone
 from helpers.synthetic import write_synthetic_utkface, write_undecodable_jpeg
 
+from project.common.errors import UserError
+from project.config.settings import DataSettings, InputSettings
 from project.data.datamodule import UTKFaceDataModule
 from project.data.feature_cache import FeatureCacheBuilder
-from project.errors import UserError
-from project.settings import DataSettings, InputSettings
 
 PLAIN = InputSettings(image_size=32, feature_layer="block5", mirror=False)
 MIRROR = InputSettings(image_size=32, feature_layer="block4", mirror=True)

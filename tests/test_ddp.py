@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from helpers.paths import REPO
 
-from project.cli import main
+from project.cli.train import main
 from project.data.feature_cache import FeatureCacheBuilder
 from project.data.scan import scan_utkface
 from project.lit_classifier_main import LitClassifier

@@ -13,7 +13,7 @@ from typing import Dict, List, Set
 import pytest
 from helpers.paths import REPO
 
-from project.age_groups import GROUP_LABELS
+from project.core.age_groups import GROUP_LABELS
 
 DOCUMENTS = [REPO / "README.md", REPO / "MODEL_CARD.md", REPO / "ARCHITECTURE.md",
              *sorted((REPO / "docs").glob("*.md"))]
@@ -93,8 +93,8 @@ def readme_block(language: str, containing: str) -> str:
 
 def test_readme_predict_quick_start_runs_as_written_with_the_bundled_model(tmp_path):
     """The first command README gives, on scikit-image's public-domain astronaut portrait, offline."""
-    from skimage import data
     from PIL import Image
+    from skimage import data
 
     Image.fromarray(data.astronaut()).save(tmp_path / "photo.jpg", quality=95)
     [command] = [line.split("#")[0].split() for line in readme_block("bash", "age-classifier-predict").splitlines()

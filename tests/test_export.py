@@ -10,12 +10,13 @@ pytest.importorskip("onnxruntime", reason="the onnx extra is not installed: pip 
 pytest.importorskip("onnxscript", reason="the onnx extra is not installed: pip install -e .[onnx]")
 
 from helpers.models import tiny_model  # noqa: E402
+
+from project.config.recipes import NOTEBOOK  # noqa: E402
 from project.export import main  # noqa: E402
 from project.inference.onnx_backend import OnnxNet  # noqa: E402
-from project.inference.predictor import AgeGroupPredictor  # noqa: E402
+from project.inference.predictor import AgeGroupPredictor, PredictorNet  # noqa: E402
 from project.models.checkpoint import TrainedNet, load_trained_net  # noqa: E402
 from project.models.export import export_onnx  # noqa: E402
-from project.recipes import NOTEBOOK  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +30,7 @@ def exported(checkpoint, tmp_path_factory):
 @pytest.mark.parametrize("batch", [1, 5])
 def test_onnxruntime_gives_the_torch_probabilities_for_any_batch_size(checkpoint, exported, batch):
     trained, onnx = load_trained_net(checkpoint), OnnxNet(exported)
+    assert isinstance(trained, PredictorNet) and isinstance(onnx, PredictorNet)  # the predictor's seam
     images = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch))
     with torch.inference_mode():
         expected, expected_ages = trained.predict(images)
@@ -63,7 +65,7 @@ def test_bad_exports_and_backends_are_one_line_errors(checkpoint, exported, tmp_
     with pytest.raises(SystemExit) as exit_info:
         main(["--ckpt", str(checkpoint), "--output", str(tmp_path / "model.bin")])
     assert exit_info.value.code == 2 and "must end in .onnx" in capsys.readouterr().err
-    from project.errors import UserError
+    from project.common.errors import UserError
 
     with pytest.raises(UserError, match="use --backend onnx"):
         AgeGroupPredictor.from_checkpoint(exported)

@@ -8,10 +8,10 @@ import torch
 from helpers.models import random_backbone
 from helpers.synthetic import write_undecodable_jpeg
 
+from project.core.transforms import normalize_pixels
 from project.data.datasets import ImageDataset
-from project.data.feature_cache import FeatureCacheBuilder, Shard, shard_rows
+from project.data.feature_cache import CalibratedEncoder, FeatureCacheBuilder, FeatureEncoder, Shard, shard_rows
 from project.data.scan import scan_utkface
-from project.transforms import normalize_pixels
 
 
 def make_builder(backbone, cache_dir, precision="32-true"):
@@ -20,6 +20,13 @@ def make_builder(backbone, cache_dir, precision="32-true"):
 
 def key(builder, root, relpaths, image_size=32, view="original"):
     return builder.identity(root, relpaths, image_size, view)[0]
+
+
+def test_the_backbone_is_a_feature_encoder_that_needs_no_calibration(cache_dir):
+    backbone = random_backbone("block4")
+    assert isinstance(backbone, FeatureEncoder) and not isinstance(backbone, CalibratedEncoder)
+    with pytest.raises(ValueError, match="need an encoder that calibrates itself"):
+        FeatureCacheBuilder(backbone, "int8", cache_dir, progress=False)
 
 
 def test_cached_rows_are_the_backbone_output_of_each_view(utkface_dir, cache_dir):

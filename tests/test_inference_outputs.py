@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from project.age_groups import GROUP_LABELS
-from project.errors import UserError
+from project.common.errors import UserError
+from project.core.age_groups import GROUP_LABELS
 from project.inference.drawing import annotate, save_image
 from project.inference.inputs import find_images, unique_names
 from project.inference.predictor import Prediction

@@ -10,11 +10,11 @@ import torch
 from helpers.photos import IMAGE_MODES, pattern
 from PIL import Image
 
-from project.age_groups import GROUP_LABELS
-from project.errors import UserError
+from project.common.errors import UserError
+from project.core.age_groups import GROUP_LABELS
+from project.core.transforms import build_transform
 from project.inference.predictor import AgeGroupPredictor
 from project.lit_classifier_main import LitClassifier
-from project.transforms import build_transform
 
 
 def assert_valid(prediction):
@@ -42,8 +42,9 @@ def test_predictions_are_the_trained_models_calibrated_probabilities_and_ages(pr
 
 def test_a_model_without_per_year_outputs_gives_no_age(tmp_path, photo_dir):
     from helpers.models import tiny_model
+
+    from project.config.recipes import NOTEBOOK
     from project.models.checkpoint import TrainedNet
-    from project.recipes import NOTEBOOK
 
     model = tiny_model(NOTEBOOK).eval()
     [prediction] = AgeGroupPredictor(TrainedNet(model.net, 1.0, None)).predict(photo_dir / "rgb.png",

@@ -12,12 +12,12 @@ import torch
 from helpers.config import fast_flags, run_dir, settings_for
 from helpers.models import random_backbone
 
+from project.common.errors import UserError
+from project.config.precision import native_precision
 from project.data.datasets import ImageDataset
-from project.data.feature_cache import FeatureCacheBuilder
+from project.data.feature_cache import CalibratedEncoder, FeatureCacheBuilder
 from project.data.scan import scan_utkface
-from project.errors import UserError
 from project.models.quantized import Int8Features
-from project.precision import native_precision, resolve_feature_precision, resolve_precision
 from project.training import run
 
 for _package in ("onnx", "onnxscript", "onnxruntime"):
@@ -25,17 +25,11 @@ for _package in ("onnx", "onnxscript", "onnxruntime"):
 import onnx  # noqa: E402 - only once the skip above has let the module through
 
 
-def test_int8_trains_the_heads_in_the_native_precision():
-    assert resolve_precision("int8", "cpu") == native_precision("cpu")
-    assert resolve_feature_precision("int8", "cpu") == "int8"
-    assert resolve_feature_precision("auto", "cpu") == native_precision("cpu")
-    assert resolve_feature_precision("bf16", "cpu") == "bf16-mixed"
-
-
 def test_int8_features_approximate_fp32_and_have_their_own_cache_key(utkface_dir, cache_dir):
     items = scan_utkface(utkface_dir).items[:24]
     backbone = random_backbone("block4")
     encoder = Int8Features(random_backbone("block4"), cache_dir / "int8")
+    assert isinstance(encoder, CalibratedEncoder)  # the feature cache's seam for calibrated encoders
     with pytest.raises(RuntimeError, match="calibrate"):
         encoder.cache_identity()
     int8 = FeatureCacheBuilder(encoder, "int8", cache_dir / "features", batch_size=8, num_workers=0, progress=False)
@@ -169,15 +163,6 @@ def test_auto_picks_int8_features_with_bf16_heads_on_a_bf16_cpu_without_amx(
     with caplog.at_level(logging.INFO):
         assert settings_for(auto).trainer.feature_precision == "bf16-mixed"
     assert "Features in bf16: int8 features" in caplog.text
-
-
-def test_auto_keeps_bf16_features_where_the_cpu_has_amx_and_fp32_off_x86(monkeypatch):
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
-    assert resolve_feature_precision("auto", "cpu", int8_usable=True) == "bf16-mixed"
-    assert resolve_feature_precision("auto", "cuda", int8_usable=True) == native_precision("cuda")
-    _x86_cpu_without_amx(monkeypatch)
-    monkeypatch.setattr(platform, "machine", lambda: "arm64")  # int8 features unmeasured on ARM: fp32
-    assert resolve_feature_precision("auto", "cpu", int8_usable=True) == "32-true"
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -14,11 +14,11 @@ from helpers.config import run_dir
 from helpers.paths import REPO
 from helpers.synthetic import pack_like_the_official_archive, write_synthetic_utkface
 
-from project.cli import main
+from project.cli.train import main
 from project.data.archives import extraction_target
-from project.data.sources import resolve_data_dir
 from project.data.feature_cache import FeatureCacheBuilder
 from project.data.scan import scan_utkface
+from project.data.sources import resolve_data_dir
 from project.models.backbone import build_backbone
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,7 @@ from helpers.models import random_backbone
 from helpers.unsafe import write_code_pickle
 from torchvision.models import vgg16
 
-from project.errors import UserError
+from project.common.errors import UserError
 from project.models.backbone import (
     FrozenVGG16Features,
     build_backbone,

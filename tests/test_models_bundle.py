@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from project.bundle import main as bundle_main
+from project.common.errors import UserError
 from project.data.split import split_names
-from project.errors import UserError
 from project.models.backbone import layers_run
 from project.models.bundle import (
     RECORD_FILE,

@@ -11,10 +11,10 @@ from helpers.models import as_release_0_1_0, tiny_model
 from helpers.paths import REPO
 from helpers.unsafe import write_code_pickle
 
-from project.errors import UserError
+from project.common.errors import UserError
+from project.config.recipes import DEFAULT, NOTEBOOK
 from project.lit_classifier_main import LitClassifier
 from project.models.checkpoint import load_trained_net, read_checkpoint
-from project.recipes import DEFAULT, NOTEBOOK
 
 
 def save(model, path: Path, temperature: float = 0.8) -> Path:

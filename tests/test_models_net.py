@@ -4,8 +4,8 @@ import pytest
 import torch
 from helpers.models import tiny_net
 
-from project.recipes import DEFAULT, NOTEBOOK
-from project.transforms import mirror
+from project.config.recipes import DEFAULT, NOTEBOOK
+from project.core.transforms import mirror
 
 
 @pytest.mark.parametrize("recipe", [NOTEBOOK, DEFAULT], ids=["notebook", "default"])

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from project.config.settings import DataSettings
 from project.data.datamodule import UTKFaceDataModule
 from project.models.checkpoint import load_trained_net
-from project.plots import (
+from project.training.plots import (
     choose_examples,
     plot_age_distribution,
     plot_age_errors,
@@ -21,7 +22,6 @@ from project.plots import (
     read_epoch_metrics,
     write_run_plots,
 )
-from project.settings import DataSettings
 
 CSV_HEADER = "epoch,step,test_acc,train_acc,train_f1,train_loss,val_acc,val_f1,val_loss\n"
 

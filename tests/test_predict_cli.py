@@ -14,7 +14,7 @@ from helpers.photos import IMAGE_MODES, utkface_faces
 from helpers.run_if import face_detector, real_data
 from PIL import Image
 
-from project.age_groups import GROUP_LABELS
+from project.core.age_groups import GROUP_LABELS
 from project.inference.writers import CSV_COLUMNS
 from project.predict import main
 

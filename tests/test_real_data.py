@@ -13,9 +13,9 @@ import pytest
 from helpers.paths import REAL_ARCHIVE, REAL_WEIGHTS
 from helpers.run_if import real_data
 
-from project.cli import main
-from project.data.sources import resolve_data_dir
+from project.cli.train import main
 from project.data.scan import scan_utkface
+from project.data.sources import resolve_data_dir
 
 pytestmark = [pytest.mark.real_data, real_data]
 

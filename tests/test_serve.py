@@ -14,18 +14,17 @@ import urllib.request
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from helpers.paths import REPO
 from helpers.photos import png_bomb, two_face_photo
 from helpers.run_if import face_detector
+from PIL import Image
 
 litserve = pytest.importorskip("litserve", reason="the serve extra is not installed: pip install -e .[serve]")
 pytest.importorskip("httpx2", reason="the test extra's HTTP client is not installed")
 from fastapi.testclient import TestClient  # noqa: E402
 from litserve.utils import wrap_litserve_start  # noqa: E402
 
-from project.age_groups import GROUP_LABELS  # noqa: E402
+from project.core.age_groups import GROUP_LABELS  # noqa: E402
 from project.serve.server import build_server, main  # noqa: E402
 
 

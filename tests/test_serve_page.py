@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers.browser import CHROMIUM_ARGS, chromium_path
 from helpers.photos import two_face_photo
 from helpers.run_if import face_detector

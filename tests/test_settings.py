@@ -5,8 +5,8 @@ from dataclasses import replace
 import pytest
 from helpers.config import settings_for
 
-from project.recipes import DEFAULT, NOTEBOOK, RECIPES
-from project.settings import InputSettings, NetSettings, OptimizerSettings
+from project.config.recipes import DEFAULT, NOTEBOOK, RECIPES
+from project.config.settings import InputSettings, NetSettings, OptimizerSettings
 
 
 @pytest.mark.parametrize("recipe", list(RECIPES.values()), ids=list(RECIPES))

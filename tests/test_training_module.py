@@ -4,7 +4,7 @@ import pytorch_lightning as pl
 import torch
 from helpers.models import tiny_model
 
-from project.recipes import DEFAULT, NOTEBOOK
+from project.config.recipes import DEFAULT, NOTEBOOK
 
 
 def features_batch(model, images, groups, ages):

@@ -11,9 +11,9 @@ from helpers.config import fast_flags, run_dir, settings_for
 from helpers.models import as_release_0_1_0
 from helpers.synthetic import write_synthetic_utkface
 
-from project import calibration
+from project.config.recipes import DEFAULT, RECIPES
+from project.core import calibration
 from project.lit_classifier_main import LitClassifier
-from project.recipes import DEFAULT, RECIPES
 from project.training.run import retest, train
 
 

@@ -1,9 +1,9 @@
 """The training command line (``project/lit_classifier_main.py``): parse the flags, check them, build the run's
 settings, and hand them to :mod:`project.training.run`.
 
-Defaults have one home each: a recipe's for what decides accuracy (``project.recipes``; flags whose help says
+Defaults have one home each: a recipe's for what decides accuracy (``project.config.recipes``; flags whose help says
 "recipe"), this parser's for the rest. :func:`settings_from_args` turns the flags into one
-:class:`~project.settings.RunSettings`; a resumed run reads its saved settings (its ``run_config.json`` and its
+:class:`~project.config.settings.RunSettings`; a resumed run reads its saved settings (its ``run_config.json`` and its
 checkpoint's network) once, there.
 """
 
@@ -12,41 +12,37 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import tempfile
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
-import torch
-
-from project.data import check as data_check
-from project.data.sources import KINDS
-from project.data.split import COPY_POLICIES, SPLIT_MODES
-from project.devices import ACCELERATORS, NO_GPU_MESSAGE, device_type_for
-from project.errors import (
+from project.common.errors import (
     OneLineArgumentParser,
     UserError,
     add_debug_argument,
     exit_on_user_error,
 )
-from project.models.backbone import MIN_IMAGE_SIZE
-from project.models.checkpoint import SavedSettings, read_checkpoint, saved_settings
-from project.models.quantized import INSTALL_COMMAND as INT8_INSTALL_COMMAND
-from project.models.quantized import check_available as check_int8_available
-from project.models.quantized import is_available as int8_is_available
-from project.precision import CHOICES as PRECISION_CHOICES
-from project.precision import FEATURE_ONLY, auto_prefers_int8, resolve_feature_precision, resolve_precision
-from project.recipes import DEFAULT as DEFAULT_RECIPE
-from project.recipes import NOTEBOOK as NOTEBOOK_RECIPE
-from project.recipes import RECIPES, Recipe
-from project.settings import (
+from project.config.devices import ACCELERATORS, device_type_for, parse_devices, process_count
+from project.config.precision import CHOICES as PRECISION_CHOICES
+from project.config.precision import FEATURE_ONLY, Hardware, PrecisionChoice, choose_precision, int8_blocker
+from project.config.recipes import DEFAULT as DEFAULT_RECIPE
+from project.config.recipes import NOTEBOOK as NOTEBOOK_RECIPE
+from project.config.recipes import RECIPES, Recipe
+from project.config.settings import (
     DataSettings,
     RunSettings,
     TrainerSettings,
     default_cache_dir,
 )
+from project.data import check as data_check
+from project.data.sources import KINDS
+from project.data.split import COPY_POLICIES, SPLIT_MODES
+from project.models.backbone import MIN_IMAGE_SIZE
+from project.models.checkpoint import SavedSettings, read_checkpoint, saved_settings
+from project.models.quantized import check_available as check_int8_available
+from project.models.quantized import is_available as int8_is_available
 from project.training import run, run_files
 
 PROGRAM = "lit_classifier_main.py"
@@ -213,49 +209,11 @@ def _check_int8(settings: RunSettings) -> None:
     """int8 features (``--precision int8``, or a resumed run trained on them) are computed by onnxruntime on the
     CPU, in one process, into the feature cache."""
     trainer = settings.trainer
-    blocker = _int8_blocker(trainer.device_type, trainer.devices, trainer.num_nodes, settings.data.feature_cache)
+    blocker = int8_blocker(trainer.device_type, process_count(trainer.devices, trainer.num_nodes, trainer.device_type),
+                           settings.data.feature_cache)
     if blocker:
         raise UserError(blocker)
     check_int8_available()
-
-
-def _int8_blocker(device_type: str, devices, num_nodes: int, feature_cache: bool) -> Optional[str]:
-    """Why int8 features cannot be computed with these settings (None when they can, the onnx extra aside)."""
-    if device_type != "cpu":
-        return ("int8 features are computed on the CPU (onnxruntime): add --accelerator cpu, or choose another "
-                "--precision")
-    if devices not in ("auto", 1) or num_nodes != 1:
-        return ("int8 features are computed in one process: leave --devices and --num_nodes at their defaults, or "
-                "choose another --precision")
-    if not feature_cache:
-        return "int8 is a precision of the feature cache: drop --no_feature_cache, or choose another --precision"
-    return None
-
-
-def parse_devices(value: str, device_type: str):
-    """``--devices`` as Lightning takes it (``"auto"``, a count, or a list), checked against what is there."""
-    if device_type == "cuda":
-        available = torch.cuda.device_count()
-        if available == 0:
-            raise UserError(NO_GPU_MESSAGE)
-    else:
-        available = os.cpu_count() or 1
-    if value == "auto":
-        return "auto"
-    if re.fullmatch(r"-?\d+", value):
-        devices = int(value)
-        if devices == 0 or devices < -1:
-            raise UserError(f"--devices must be a positive number, a list, -1 or auto (got {value})")
-        wanted = devices
-    elif re.fullmatch(r"\d+(,\d+)*,?", value):
-        devices = [int(v) for v in value.split(",") if v]
-        wanted = len(devices)
-    else:
-        raise UserError(f"--devices {value!r} is not a number, a comma-separated list or auto")
-    if wanted > available:
-        raise UserError(f"--devices {value} asks for more {device_type.upper()} devices than the {available} "
-                        f"available")
-    return devices
 
 
 # ------------------------------------------------------------------------------------------------ settings
@@ -293,42 +251,23 @@ def _features_only_precision(config: dict) -> Optional[str]:
     return precision if precision in FEATURE_ONLY else None
 
 
-def _precision_flag(args: argparse.Namespace, saved: Optional[SavedRun], device_type: str, devices) -> str:
-    """``--precision``, except that with ``auto`` a resumed or re-tested int8 run goes on with int8 features: a
-    resumed one always (its heads go on learning from them; :func:`check_settings` says what int8 needs), a re-tested
-    one where int8 can run, else on the native precision's features (the heads score the same on fp32 features;
-    measured: docs/results.md, "Accuracy by feature precision")."""
-    if args.precision != "auto" or not (saved or args.test_only):
-        return args.precision
-    trained = saved.feature_precision if saved else _features_only_precision(
-        run_files.read_config(run_files.run_dir_of(Path(args.ckpt_path))) or {})
-    if trained is None or saved or _int8_runs_here(args, device_type, devices):
-        return trained or args.precision
-    logging.getLogger(__name__).info("This run was trained on int8 features; testing it on %s features (int8 runs "
-                                     "on the CPU, in one process, with a feature cache and the onnx extra)",
-                                     resolve_precision(args.precision, device_type))
-    return args.precision
-
-
-def _int8_runs_here(args: argparse.Namespace, device_type: str, devices) -> bool:
-    """Whether int8 features can be computed by this command: on the CPU, in one process, into a feature cache,
-    with the onnx extra installed."""
-    return _int8_blocker(device_type, devices, args.num_nodes, not args.no_feature_cache) is None \
-        and int8_is_available()
-
-
-def _int8_usable(args: argparse.Namespace, saved: Optional[SavedRun], device_type: str, devices) -> bool:
-    """Whether ``auto`` may choose int8 features (``resolve_feature_precision`` does on an x86 CPU without AMX):
-    only for a new run (a resumed or re-tested run keeps the features it was trained on) where int8 runs."""
-    if args.precision != "auto" or saved or args.test_only or not auto_prefers_int8(device_type):
-        return False
-    if _int8_runs_here(args, device_type, devices):
-        return True
-    if not int8_is_available():
-        features = {"bf16-mixed": "bf16", "32-true": "fp32"}[resolve_precision(args.precision, device_type)]
-        logging.getLogger(__name__).info("Features in %s: int8 features, much faster on this CPU (no AMX), need "
-                                         "the onnx extra: %s", features, INT8_INSTALL_COMMAND)
-    return False
+def choose_run_precision(args: argparse.Namespace, saved: Optional[SavedRun], device_type: str,
+                         devices) -> PrecisionChoice:
+    """The precision policy (:func:`~project.config.precision.choose_precision`) applied to this command."""
+    if saved:
+        run_kind, trained = "resume", saved.feature_precision
+    elif args.test_only:
+        run_kind, trained = "retest", None
+        if args.precision == "auto":
+            trained = _features_only_precision(run_files.read_config(run_files.run_dir_of(Path(args.ckpt_path))) or {})
+    else:
+        run_kind, trained = "new", None
+    choice = choose_precision(args.precision, Hardware.of(device_type), run=run_kind, trained_features=trained,
+                              processes=process_count(devices, args.num_nodes, device_type),
+                              feature_cache=not args.no_feature_cache, int8_available=int8_is_available)
+    if choice.notice:
+        logging.getLogger(__name__).info(choice.notice)
+    return choice
 
 
 def _photo_views(args: argparse.Namespace, recipe: Recipe) -> bool:
@@ -357,7 +296,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
                         weight_decay=_flag_or(args.weight_decay, recipe.optimizer.weight_decay))
     device_type = device_type_for(args.accelerator)
     devices = parse_devices(args.devices, device_type)
-    precision = _precision_flag(args, saved, device_type, devices)
+    precision = choose_run_precision(args, saved, device_type, devices)
     data = DataSettings(
         data_dir=Path(args.data_dir).expanduser(),
         cache_dir=Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir(),
@@ -369,11 +308,10 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
     trainer = TrainerSettings(
         max_epochs=_flag_or(args.max_epochs, recipe.max_epochs), patience=_flag_or(args.patience, recipe.patience),
         accelerator=args.accelerator, devices=devices, strategy=args.strategy,
-        num_nodes=args.num_nodes, precision=resolve_precision(precision, device_type), device_type=device_type,
+        num_nodes=args.num_nodes, precision=precision.training, device_type=device_type,
         default_root_dir=Path(args.default_root_dir), fast_dev_run=args.fast_dev_run,
         limit_train_batches=args.limit_train_batches,
-        feature_precision=resolve_feature_precision(precision, device_type,
-                                                    _int8_usable(args, saved, device_type, devices)),
+        feature_precision=precision.features,
     )
     settings = RunSettings(recipe=recipe.name, net=net, optimizer=optimizer,
                            objective=saved.settings.objective if saved else recipe.objective, data=data,

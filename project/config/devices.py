@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Union
 
 import torch
 
-from project.errors import UserError
+from project.common.errors import UserError
 
 #: ``--accelerator`` choices everywhere (``gpu`` and ``cuda`` are the same thing)
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
@@ -20,6 +22,43 @@ def device_type_for(accelerator: str) -> str:
     if accelerator == "auto" and torch.cuda.is_available():
         return "cuda"
     return "cpu"
+
+
+def parse_devices(value: str, device_type: str):
+    """``--devices`` as Lightning takes it (``"auto"``, a count, or a list), checked against what is there."""
+    if device_type == "cuda":
+        available = torch.cuda.device_count()
+        if available == 0:
+            raise UserError(NO_GPU_MESSAGE)
+    else:
+        available = os.cpu_count() or 1
+    if value == "auto":
+        return "auto"
+    if re.fullmatch(r"-?\d+", value):
+        devices = int(value)
+        if devices == 0 or devices < -1:
+            raise UserError(f"--devices must be a positive number, a list, -1 or auto (got {value})")
+        wanted = devices
+    elif re.fullmatch(r"\d+(,\d+)*,?", value):
+        devices = [int(v) for v in value.split(",") if v]
+        wanted = len(devices)
+    else:
+        raise UserError(f"--devices {value!r} is not a number, a comma-separated list or auto")
+    if wanted > available:
+        raise UserError(f"--devices {value} asks for more {device_type.upper()} devices than the {available} "
+                        f"available")
+    return devices
+
+
+def process_count(devices, num_nodes: int, device_type: str) -> int:
+    """How many processes Lightning starts for ``devices`` (as :func:`parse_devices` returns it) on each node."""
+    if devices == "auto":
+        per_node = torch.cuda.device_count() if device_type == "cuda" else 1
+    elif devices == -1:
+        per_node = torch.cuda.device_count() if device_type == "cuda" else os.cpu_count() or 1
+    else:
+        per_node = len(devices) if isinstance(devices, list) else devices
+    return per_node * num_nodes
 
 
 def lightning_accelerator(accelerator: str) -> str:

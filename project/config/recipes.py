@@ -3,8 +3,8 @@
 A recipe holds the defaults of everything that decides accuracy - which VGG16 layer the frozen features come from, the
 head, the target, the optimizer and schedule, batch size and epochs - so the command line's ``--recipe`` reproduces the
 numbers in docs/results.md, "Accuracy: both recipes, 3 seeds". Flags such as ``--lr`` or ``--max_epochs`` still override
-single values (``project.cli``). Both were measured on all of UTKFace over 3 seeds with ``benchmarks/accuracy.py``; the
-default was chosen on the validation split only.
+single values (``project.cli.train``). Both were measured on all of UTKFace over 3 seeds with
+``benchmarks/accuracy.py``; the default was chosen on the validation split only.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Dict, Optional
 
-from project.settings import (
+from project.config.settings import (
     InputSettings,
     NetSettings,
     ObjectiveSettings,

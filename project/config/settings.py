@@ -1,7 +1,7 @@
 """Every setting of a run, in one place, as frozen dataclasses.
 
-A :class:`~project.recipes.Recipe` holds the defaults of everything that decides accuracy; the command line's flags
-override single values; the result is one :class:`RunSettings`, built once and handed down. Each value has exactly
+A :class:`~project.config.recipes.Recipe` holds the defaults of everything that decides accuracy; the command line's
+flags override single values; the result is one :class:`RunSettings`, built once and handed down. Each value has exactly
 one home: the network's shape in :class:`NetSettings` (whose :class:`InputSettings` - image size, feature layer,
 mirror images, photo views - the data pipeline receives too), the optimizer in :class:`OptimizerSettings`, data
 loading in :class:`DataSettings`, Lightning's Trainer in :class:`TrainerSettings`.
@@ -185,15 +185,15 @@ class TrainerSettings:
     #: the flag's value: a fraction of the training batches (up to 1.0), or a count of batches (above 1)
     limit_train_batches: float
     #: the precision the feature cache is computed and stored in: ``precision``, or ``int8``
-    #: (``project.precision.FEATURE_ONLY``)
+    #: (``project.config.precision.FEATURE_ONLY``)
     feature_precision: str
 
 
 @dataclass(frozen=True)
 class RunSettings:
-    """Everything a training run needs, built once from a recipe and the flags (``project.cli``)."""
+    """Everything a training run needs, built once from a recipe and the flags (``project.cli.train``)."""
 
-    #: the recipe the defaults came from (``project.recipes``)
+    #: the recipe the defaults came from (``project.config.recipes``)
     recipe: str
     net: NetSettings
     optimizer: OptimizerSettings

@@ -14,8 +14,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from project.age_groups import AGE_BAND_LABELS, GROUP_LABELS, NUM_CLASSES, age_band
-from project.demographics import ETHNICITY_LABELS, GENDER_LABELS
+from project.core.age_groups import AGE_BAND_LABELS, GROUP_LABELS, NUM_CLASSES, age_band
+from project.core.demographics import ETHNICITY_LABELS, GENDER_LABELS
 
 #: ``|estimate - age| <= CS_YEARS`` counts towards CS(5), the share of faces within five years.
 CS_YEARS = 5

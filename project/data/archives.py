@@ -19,9 +19,9 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from project.common.errors import UserError
+from project.common.progress import progress_interval
 from project.data.scan import ARCHIVE_DUPLICATES_FILE
-from project.errors import UserError
-from project.progress import progress_interval
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 

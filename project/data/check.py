@@ -13,12 +13,12 @@ from typing import List
 
 import numpy as np
 
+from project.common.errors import UserError
 from project.data.datasets import find_undecodable
 from project.data.duplicates import REPORT_FILE_NAME, copies_in, copies_summary, write_report
 from project.data.scan import UNDECODABLE_REASON
 from project.data.sources import resolve_data_dir, scan_source
 from project.data.split import SPLITS, apply_copy_policy, new_split
-from project.errors import UserError
 
 SKIPPED_REPORT_NAME = "skipped_files.txt"
 

@@ -14,6 +14,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from project.common.errors import UserError
+from project.config.settings import DataSettings, InputSettings, default_cache_dir
 from project.data.datasets import (
     CachedFeatureDataset,
     ImageDataset,
@@ -26,8 +28,6 @@ from project.data.samplers import EpochShuffleSampler, evaluation_sampler
 from project.data.scan import UNDECODABLE_REASON, FaceItem, ScanResult
 from project.data.sources import resolve_data_dir, scan_source
 from project.data.split import SPLITS, Split, apply_copy_policy, load_split, new_split
-from project.errors import UserError
-from project.settings import DataSettings, InputSettings, default_cache_dir
 
 log = logging.getLogger(__name__)
 

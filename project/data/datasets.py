@@ -2,7 +2,7 @@
 they serve.
 
 Every item is a dict, and so is every batch: ``images`` (``V x 3 x S x S``) or ``features`` (``V x C x H x W``),
-``group``, ``age``, and the ``gender`` and ``ethnicity`` codes of ``project.demographics`` (for the error report).
+``group``, ``age``, and the ``gender`` and ``ethnicity`` codes of ``project.core.demographics`` (for the error report).
 ``V`` is the number of views of the face, an explicit dimension: 1 (the face, its mirror image, its photo view
 (``project.data.photo_views``), or one of them drawn at random) or 2 (the face and its mirror image, averaged by
 the model). Nothing downstream guesses what a tensor holds from its shape.
@@ -18,13 +18,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from project.common.errors import UserError
+from project.common.progress import progress_interval
+from project.core.demographics import UNKNOWN_ETHNICITY, UNKNOWN_GENDER, code_or_unknown
+from project.core.transforms import build_pixel_transform, build_transform, load_rgb_image, mirror
 from project.data.photo_views import photo_rng, photo_view
 from project.data.scan import FaceItem
 from project.data.sources import resolve_data_dir, scan_source
-from project.demographics import UNKNOWN_ETHNICITY, UNKNOWN_GENDER, code_or_unknown
-from project.errors import UserError
-from project.progress import progress_interval
-from project.transforms import build_pixel_transform, build_transform, load_rgb_image, mirror
 
 #: How a dataset serves a face: ``original``; ``mirrored`` (the mirror-image feature cache is built from these);
 #: ``photo`` (the face as if cut out of an ordinary photo, fixed per image); ``random`` (training: the face or its
@@ -85,7 +85,7 @@ class ImageDataset(Dataset):
     A file that passed the scan's cheap check but cannot be decoded raises a one-line :class:`UserError`; with
     ``on_error="flag"`` (the feature-cache build and the decode check, which decode every image once up front) it
     yields zeros and ``decoded=False`` instead, so the caller can skip and report it. With ``pixels=True`` the
-    images are the resized uint8 pixels, for the consumer to normalise (``project.transforms.normalize_pixels``).
+    images are the resized uint8 pixels, for the consumer to normalise (``project.core.transforms.normalize_pixels``).
     """
 
     def __init__(self, root: Path, items: Sequence[FaceItem], image_size: int, views: str = "original",

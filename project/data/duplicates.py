@@ -30,8 +30,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from project.common.fileutils import write_json_atomic
+from project.common.union_find import UnionFind
 from project.data.scan import FaceItem, files_digest
-from project.fileutils import write_json_atomic
 
 #: side of the grey thumbnail the correlation is computed on (and the hash from)
 THUMB_SIZE = 64
@@ -101,7 +102,7 @@ def fingerprints(root: Path, relpaths: Sequence[str], workers: int = 2) -> Finge
     """Fingerprint every image (PIL releases the GIL while decoding, so threads share the work)."""
     from tqdm.auto import tqdm
 
-    from project.progress import progress_interval
+    from project.common.progress import progress_interval
 
     paths = [Path(root) / relpath for relpath in relpaths]
     with ThreadPoolExecutor(max(1, workers)) as pool:
@@ -166,20 +167,10 @@ def find_copies(prints: Fingerprints) -> CopyGroups:
     same_bytes = {(a, b) for a, b, _ in links}
     links += [(int(a), int(b), round(float(s), 4)) for (a, b), s in zip(candidates, scores)
               if s >= MIN_CORRELATION and (int(a), int(b)) not in same_bytes]
-    parent = list(range(count))
-
-    def root(row: int) -> int:
-        while parent[row] != row:
-            parent[row] = parent[parent[row]]
-            row = parent[row]
-        return row
-
+    copies = UnionFind(range(count))
     for a, b, _ in links:
-        parent[max(root(a), root(b))] = min(root(a), root(b))
-    members: Dict[int, List[int]] = {}
-    for row in sorted({row for a, b, _ in links for row in (a, b)}):
-        members.setdefault(root(row), []).append(row)
-    return CopyGroups(sorted(members.values()), sorted(links))
+        copies.union(a, b)
+    return CopyGroups(copies.groups(row for a, b, _ in links for row in (a, b)), sorted(links))
 
 
 def cache_path(cache_dir: Path, root: Path, items: Sequence[FaceItem]) -> Path:

@@ -17,8 +17,8 @@ on multiples of the batch size, so every batch holds the same images as in a one
 file is byte-identical to one. The shard's leader holds the lock, creates the partial file and, after a barrier
 that all processes pass once their block is written, renames it.
 
-The encoder is given (any ``nn.Module`` with ``cache_identity()`` and ``feature_shape(image_size)``, such as
-``project.models.backbone.FrozenVGG16Features``): this module knows images and files, not models.
+The encoder is given (a :class:`FeatureEncoder`, such as ``project.models.backbone.FrozenVGG16Features``): this
+module knows images and files, not models.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ import json
 import logging
 import os
 import time
-from pathlib import Path
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 import numpy as np
 import torch
@@ -39,13 +39,13 @@ from filelock import FileLock
 from torch import nn
 from torch.utils.data import DataLoader
 
+from project.common.fileutils import write_json_atomic
+from project.common.progress import progress_interval
+from project.config.precision import autocast_dtype
+from project.core.transforms import PREPROCESSING_VERSION, normalize_pixels
 from project.data.datasets import CACHED_VIEWS, DECODED, ImageDataset, undecoded_rows
 from project.data.photo_views import PHOTO_VIEW_VERSION
 from project.data.scan import FaceItem, files_digest
-from project.fileutils import write_json_atomic
-from project.precision import autocast_dtype
-from project.progress import progress_interval
-from project.transforms import PREPROCESSING_VERSION, normalize_pixels
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,24 @@ CALIBRATED_PRECISIONS = ("int8",)
 _FLUSH_EVERY_S = 20.0
 #: what the progress bar says it caches, per stored view
 _VIEW_DESCRIPTIONS = {"mirrored": " of mirror images", "photo": " of photo views"}
+
+
+@runtime_checkable
+class FeatureEncoder(Protocol):
+    """What the cache runs once per image: a frozen module (``FrozenVGG16Features``, ``Int8Features``)."""
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...  # N x 3 x S x S normalized -> N x feature_shape
+    def feature_shape(self, image_size: int) -> tuple: ...  # one image's features at ``image_size`` px
+    def cache_identity(self) -> dict: ...  # what decides its output (hashed weights, cut): part of the cache key
+    def parameters(self) -> Iterator[nn.Parameter]: ...
+    def to(self, device: torch.device) -> "FeatureEncoder": ...
+
+
+@runtime_checkable
+class CalibratedEncoder(FeatureEncoder, Protocol):
+    """An encoder that must see training images first (int8: its quantization ranges)."""
+
+    def calibrate(self, images: np.ndarray, image_size: int, calibration_names: str) -> object: ...
 
 
 def _no_barrier() -> None:
@@ -132,11 +150,11 @@ class FeatureCacheBuilder:
         batch_size, num_workers: extraction batch size and image-decoding worker processes.
     """
 
-    def __init__(self, encoder: nn.Module, precision: str, cache_dir: os.PathLike, batch_size: int = 32,
+    def __init__(self, encoder: FeatureEncoder, precision: str, cache_dir: os.PathLike, batch_size: int = 32,
                  num_workers: int = 2, progress: bool = True) -> None:
         if precision not in _STORAGE:
             raise ValueError(f"unsupported feature precision {precision!r}")
-        if precision in CALIBRATED_PRECISIONS and not hasattr(encoder, "calibrate"):
+        if precision in CALIBRATED_PRECISIONS and not isinstance(encoder, CalibratedEncoder):
             raise ValueError(f"{precision} features need an encoder that calibrates itself, such as Int8Features")
         self.encoder = encoder
         self.precision = precision

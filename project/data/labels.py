@@ -17,11 +17,11 @@ import math
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from project.age_groups import age_to_group
+from project.common.errors import UserError
+from project.core.age_groups import age_to_group
+from project.core.demographics import parse_ethnicity, parse_gender
+from project.core.transforms import IMAGE_SUFFIXES
 from project.data.scan import FaceItem, ScanResult, age_problem, check_image_file
-from project.demographics import parse_ethnicity, parse_gender
-from project.errors import UserError
-from project.transforms import IMAGE_SUFFIXES
 
 LABELS_SUFFIXES = (".csv", ".tsv")
 REQUIRED_COLUMNS = ("path", "age")

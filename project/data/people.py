@@ -20,8 +20,9 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from project.common.errors import UserError
+from project.common.union_find import UnionFind
 from project.data.scan import FaceItem, files_digest
-from project.errors import UserError
 
 #: two images whose descriptors are closer than this are taken to show the same person (dlib's usual threshold)
 SAME_PERSON_DISTANCE = 0.6
@@ -94,7 +95,7 @@ def descriptors(root: Path, items: Sequence[FaceItem], cache_dir: Optional[Path]
     _load_models()  # a missing dependency is one line here, not in a worker process
     from tqdm.auto import tqdm
 
-    from project.progress import progress_interval
+    from project.common.progress import progress_interval
 
     paths = [Path(root) / item.relpath for item in items]
     with ProcessPoolExecutor(max(1, workers)) as pool:
@@ -115,16 +116,9 @@ def same_person_groups(table: np.ndarray, threshold: float = SAME_PERSON_DISTANC
     """Groups of rows linked by descriptor distances below ``threshold`` (closed under the links), size >= 2; a
     one-line error as soon as one group holds more than :data:`MAX_GROUP_SHARE` of the images."""
     count = len(table)
-    parent = np.arange(count)
-    size = np.ones(count, dtype=np.int64)
+    people = UnionFind(range(count))
     valid = ~np.isnan(table).any(axis=1)
     limit = MAX_GROUP_SHARE * max(1, int(valid.sum()))
-
-    def root(row: int) -> int:
-        while parent[row] != row:
-            parent[row] = parent[parent[row]]
-            row = parent[row]
-        return row
 
     vectors = np.where(valid[:, None], table, 0).astype(np.float32)
     squares = (vectors ** 2).sum(axis=1)
@@ -135,21 +129,12 @@ def same_person_groups(table: np.ndarray, threshold: float = SAME_PERSON_DISTANC
         for a, b in zip((i + start).tolist(), (j + start).tolist()):
             if b <= a or not (valid[a] and valid[b]):
                 continue
-            ra, rb = root(a), root(b)
-            if ra == rb:
-                continue
-            low, high = min(ra, rb), max(ra, rb)
-            parent[high] = low
-            size[low] += size[high]
-            if size[low] > limit:
+            if people.size(people.union(a, b)) > limit:
                 raise UserError(f"--group_people {threshold}: faces closer than {threshold} chain more than "
                                 f"{int(limit):,} of {int(valid.sum()):,} images into one person, which no split can "
                                 f"keep on one side; pass a smaller distance (--group_people 0.3), or leave the flag "
                                 f"off")
-    members: dict = {}
-    for row in range(count):
-        members.setdefault(root(row), []).append(row)
-    return sorted(group for group in members.values() if len(group) > 1)
+    return [group for group in people.groups(range(count)) if len(group) > 1]
 
 
 def people_summary(groups: Sequence[Sequence[int]], images: int, threshold: float) -> str:

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from project.age_groups import MAX_AGE, age_to_group
-from project.transforms import IMAGE_SUFFIXES
+from project.core.age_groups import MAX_AGE, age_to_group
+from project.core.transforms import IMAGE_SUFFIXES
 
 #: Written into an extracted archive's folder by ``project.data.archives``: member names that occurred more than
 #: once (the first copy was kept), reported here with the other skipped files.
@@ -26,7 +26,7 @@ UNDECODABLE_REASON = "cannot be decoded"
 @dataclass(frozen=True)
 class FaceItem:
     """One usable image: its path relative to the dataset root, its age and age group, and (when known) the
-    gender and ethnicity codes of ``project.demographics``."""
+    gender and ethnicity codes of ``project.core.demographics``."""
 
     relpath: str
     age: int

@@ -6,10 +6,10 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from project.common.errors import UserError
 from project.data.archives import extract_archive, extraction_target, is_archive
 from project.data.labels import is_labels_table, scan_labels_table
 from project.data.scan import ScanResult, scan_utkface
-from project.errors import UserError
 
 #: What the one-line errors suggest passing.
 KINDS = "a UTKFace folder, UTKFace.tar.gz or a .csv/.tsv labels table"

@@ -18,10 +18,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from project.age_groups import GROUP_LABELS, NUM_CLASSES
+from project.common.errors import UserError
+from project.common.fileutils import write_json_atomic
+from project.common.union_find import UnionFind
+from project.core.age_groups import GROUP_LABELS, NUM_CLASSES
 from project.data.scan import FaceItem
-from project.errors import UserError
-from project.fileutils import write_json_atomic
 
 SPLITS = ("train", "val", "test")
 #: ``grouped``: copies of one photograph stay on one side (the default); ``random``: file by file (before 0.5.0)
@@ -158,20 +159,12 @@ def apply_copy_policy(all_items: Sequence[FaceItem], usable: np.ndarray, copy_gr
     if policy not in COPY_POLICIES:
         raise UserError(f"unknown copy policy {policy!r}: choose one of {', '.join(COPY_POLICIES)}")
     usable_set = set(np.asarray(usable).tolist())
-    parent = {row: row for row in usable_set}
-
-    def root(row: int) -> int:
-        while parent[row] != row:
-            parent[row] = parent[parent[row]]
-            row = parent[row]
-        return row
-
+    units = UnionFind(usable_set)
     left_out: Dict[int, str] = {}
     for group in list(copy_groups) + list(together):
         members = [row for row in group if row in usable_set]
         for row in members[1:]:
-            first, other = root(members[0]), root(row)
-            parent[max(first, other)] = min(first, other)
+            units.union(members[0], row)
     for group in copy_groups:
         members = [row for row in group if row in usable_set]
         if len(members) < 2 or policy == "keep":
@@ -188,7 +181,7 @@ def apply_copy_policy(all_items: Sequence[FaceItem], usable: np.ndarray, copy_gr
                 left_out[row] = ("copy with another age" if kept is None or all_items[kept].age != all_items[row].age
                                  else "copy of a file kept")
     rows = np.array(sorted(usable_set - set(left_out)), dtype=np.int64)
-    return rows, np.array([root(row) for row in rows.tolist()], dtype=np.int64), left_out
+    return rows, np.array([units.find(row) for row in rows.tolist()], dtype=np.int64), left_out
 
 
 def _read_split_file(path: Path) -> dict:

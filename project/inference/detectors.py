@@ -2,7 +2,7 @@
 or OpenCV's Haar cascade.
 
 One home for the face options of every command (``predict``, the server, the benchmarks): :class:`FaceOptions`,
-its flags (:func:`add_face_arguments`) and :func:`make_face_detector`.
+its flags (:func:`add_face_arguments`), the registry of detectors (:data:`DETECTORS`) and :func:`make_face_detector`.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Dict, Optional, Tuple
 
-from project.errors import UserError
-from project.inference.faces import DEFAULT_FACE_DETECTOR, FACE_DETECTORS, INSTALL_HINT, MIN_FACE
+from project.common.errors import UserError
+from project.inference.faces import DEFAULT_FACE_DETECTOR, INSTALL_HINT, MIN_FACE, FaceDetector
 
 #: ``face_detector="auto"``: find faces with the default detector where the faces extra is installed
 AUTO = "auto"
@@ -32,49 +32,98 @@ class FaceOptions:
     min_face: Optional[int] = None
     threshold: float = 0.0
 
-    def build(self):
+    def build(self) -> FaceDetector:
         return make_face_detector(self.detector, self.min_face, self.threshold)
 
     def check(self) -> None:
         """Raise :class:`UserError` now if :meth:`build` would (a bad option, the faces extra missing), without
         loading the detector's models: a server checks its flags before its workers build the detector."""
-        make_face_detector(self.detector, self.min_face, self.threshold, load=False)
+        check_face_detector(self.detector, self.min_face)
+
+
+@dataclass(frozen=True)
+class DetectorKind:
+    """One ``--face_detector`` choice: how to check that it can be built (its packages and model files are there,
+    without loading them) and how to build it. Both import the detector's module only when called."""
+
+    check: Callable[[], None]
+    build: Callable[[int, float], FaceDetector]
+
+
+def _retinaface() -> DetectorKind:
+    def check() -> None:
+        from project.inference.retina_faces import import_onnxruntime, load_weights
+
+        import_onnxruntime()
+        load_weights()
+
+    def build(min_face: int, threshold: float) -> FaceDetector:
+        from project.inference.retina_faces import RetinaFaceDetector
+
+        return RetinaFaceDetector(min_face=min_face, threshold=threshold)
+
+    return DetectorKind(check, build)
+
+
+def _dlib(model: str) -> DetectorKind:
+    def check() -> None:
+        from project.inference.dlib_faces import import_dlib, model_folder
+
+        import_dlib()
+        model_folder()
+
+    def build(min_face: int, threshold: float) -> FaceDetector:
+        from project.inference.dlib_faces import DlibFaceDetector
+
+        return DlibFaceDetector(model=model, min_face=min_face, threshold=threshold)
+
+    return DetectorKind(check, build)
+
+
+def _haar() -> DetectorKind:
+    def build(min_face: int, threshold: float) -> FaceDetector:
+        from project.inference.haar import HaarFaceDetector
+
+        return HaarFaceDetector(min_face=min_face, threshold=threshold)
+
+    def check() -> None:
+        build(MIN_FACE["haar"], 0.0)  # building it is the check: one small XML file
+
+    return DetectorKind(check, build)
+
+
+#: Every face detector by its ``--face_detector`` name, the default first.
+DETECTORS: Dict[str, DetectorKind] = {"retinaface": _retinaface(), "hog": _dlib("hog"), "cnn": _dlib("cnn"),
+                                      "haar": _haar()}
+FACE_DETECTORS = tuple(DETECTORS)
+assert FACE_DETECTORS[0] == DEFAULT_FACE_DETECTOR and set(FACE_DETECTORS) == set(MIN_FACE)
+
+
+def _kind_of(detector: str, min_face: Optional[int]) -> Tuple[DetectorKind, int]:
+    if detector not in DETECTORS:
+        raise UserError(f"unknown face detector {detector!r}: choose one of {', '.join(FACE_DETECTORS)}")
+    min_face = MIN_FACE[detector] if min_face is None else min_face
+    if min_face < 1:
+        raise UserError(f"--min_face must be at least 1 pixel (got {min_face})")
+    return DETECTORS[detector], min_face
 
 
 def make_face_detector(detector: str = DEFAULT_FACE_DETECTOR, min_face: Optional[int] = None,
-                       threshold: float = 0.0, load: bool = True):
-    """The face detector named ``detector`` (see :data:`FACE_DETECTORS`). Raises :class:`UserError` with the
-    install command when its packages are missing, or for a bad option. ``load=False`` only checks that it could
-    be built (its packages and model files are there) and returns ``None``."""
-    if detector not in FACE_DETECTORS:
-        raise UserError(f"unknown face detector {detector!r}: choose one of {', '.join(FACE_DETECTORS)}")
-    if min_face is None:
-        min_face = MIN_FACE[detector]
-    if min_face < 1:
-        raise UserError(f"--min_face must be at least 1 pixel (got {min_face})")
-    if detector == "haar":
-        from project.inference.haar import HaarFaceDetector
-
-        haar = HaarFaceDetector(min_face=min_face, threshold=threshold)  # cheap: one small XML file
-        return haar if load else None
-    if detector == "retinaface":
-        from project.inference.retina_faces import RetinaFaceDetector, import_onnxruntime, load_weights
-
-        if not load:
-            import_onnxruntime()
-            load_weights()
-            return None
-        return RetinaFaceDetector(min_face=min_face, threshold=threshold)
-    from project.inference.dlib_faces import DlibFaceDetector, import_dlib, model_folder
-
-    if not load:
-        import_dlib()
-        model_folder()
-        return None
-    return DlibFaceDetector(model=detector, min_face=min_face, threshold=threshold)
+                       threshold: float = 0.0) -> FaceDetector:
+    """The face detector named ``detector`` (one of :data:`FACE_DETECTORS`). Raises :class:`UserError` with the
+    install command when its packages are missing, or for a bad option."""
+    kind, min_face = _kind_of(detector, min_face)
+    return kind.build(min_face, threshold)
 
 
-def auto_face_detector(options: Optional[FaceOptions] = None):
+def check_face_detector(detector: str = DEFAULT_FACE_DETECTOR, min_face: Optional[int] = None) -> None:
+    """Raise what :func:`make_face_detector` would for a bad name, option or missing package, without loading the
+    detector's models."""
+    kind, _ = _kind_of(detector, min_face)
+    kind.check()
+
+
+def auto_face_detector(options: Optional[FaceOptions] = None) -> Optional[FaceDetector]:
     """The default face detector (``options``' detector), or ``None`` when the faces extra is not installed, which
     is then said once per process in one line. A bad option is still a :class:`UserError`."""
     global _told_whole_image

@@ -15,7 +15,7 @@ from typing import List, Tuple
 import numpy as np
 from PIL import Image
 
-from project.errors import UserError
+from project.common.errors import UserError
 from project.inference.alignment import DLIB_TEMPLATE, align, cut_chip, eyes_and_nose
 from project.inference.faces import INSTALL_HINT, MIN_FACE, DetectedFace, keep_faces
 

@@ -14,8 +14,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from project.age_groups import GROUP_LABELS, NUM_CLASSES
-from project.age_report import FaceResults, age_metrics, slice_rows
+from project.core.age_groups import GROUP_LABELS, NUM_CLASSES
+from project.core.age_report import FaceResults, age_metrics, slice_rows
 from project.models.checkpoint import TrainedNet
 
 

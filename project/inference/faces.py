@@ -10,14 +10,11 @@ available. All come with the ``faces`` extra.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 from PIL import Image
 
-
 INSTALL_HINT = "pip install -e .[faces]"
-#: ``--face_detector`` choices: RetinaFace (default), dlib's HOG and CNN detectors, OpenCV's Haar cascade
-FACE_DETECTORS = ("retinaface", "hog", "cnn", "haar")
 DEFAULT_FACE_DETECTOR = "retinaface"
 #: the smallest face found by default: the side of its UTKFace-like chip, in photo pixels. A small face's chip size
 #: comes from its eye distance, which is a few pixels off at this size, so RetinaFace's default sits below the 40 px
@@ -54,6 +51,19 @@ class DetectedFace:
     landmarks: Optional[List[Tuple[float, float]]]
     angle: float
     chip: Image.Image
+
+
+@runtime_checkable
+class FaceDetector(Protocol):
+    """What finds the faces of a photo: RetinaFace, dlib's HOG and CNN detectors, OpenCV's Haar cascade (the
+    registry ``project.inference.detectors.DETECTORS`` builds them by name)."""
+
+    #: the smallest face kept: the side of its chip, in photo pixels
+    min_face: int
+
+    def detect(self, image: Image.Image) -> List[DetectedFace]:
+        """Every face of an RGB ``image`` at least :attr:`min_face` wide, left to right, with its chip."""
+        ...
 
 
 def keep_faces(faces: Sequence[DetectedFace], min_face: int) -> List[DetectedFace]:

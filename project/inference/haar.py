@@ -13,7 +13,7 @@ from typing import List, Tuple
 import numpy as np
 from PIL import Image
 
-from project.errors import UserError
+from project.common.errors import UserError
 from project.inference.faces import INSTALL_HINT, MIN_FACE, DetectedFace, FaceBox, keep_faces
 
 CASCADE_FILE = "haarcascade_frontalface_default.xml"

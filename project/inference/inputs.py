@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Sequence, Tuple
 
-from project.errors import UserError
-from project.transforms import IMAGE_SUFFIXES
+from project.common.errors import UserError
+from project.core.transforms import IMAGE_SUFFIXES
 
 
 def find_images(arguments: Sequence[str]) -> List[Tuple[Path, Path]]:

@@ -9,10 +9,10 @@ from typing import Optional, Tuple, Union
 import numpy as np
 import torch
 
-from project.calibration import AgeCalibration, AgeEstimate
-from project.errors import UserError, first_line
+from project.common.errors import UserError, first_line
+from project.config.settings import NetSettings
+from project.core.calibration import AgeCalibration, AgeEstimate
 from project.models.export import EXPORT_FORMAT, METADATA_KEY
-from project.settings import NetSettings
 
 INSTALL_HINT = "pip install -e .[onnx]"
 
@@ -21,7 +21,7 @@ class OnnxNet:
     """An exported predictor (``age-classifier-export``) run by onnxruntime on the CPU.
 
     It answers like :class:`~project.models.checkpoint.TrainedNet`: :meth:`predict` turns preprocessed images into
-    calibrated group probabilities and, for models with ages, an :class:`~project.calibration.AgeEstimate`.
+    calibrated group probabilities and, for models with ages, an :class:`~project.core.calibration.AgeEstimate`.
     """
 
     device = torch.device("cpu")

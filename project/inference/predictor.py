@@ -6,7 +6,7 @@
 
 Every face of a photo is found and predicted on its own where the faces extra is installed (else each whole image
 is one face); an image that already is a face chip, one face filling the frame, is predicted as it is. Images go
-through exactly the training preprocessing (:mod:`project.transforms`). Only the model is needed: no dataset, no
+through exactly the training preprocessing (:mod:`project.core.transforms`). Only the model is needed: no dataset, no
 feature cache, no network, no Lightning.
 """
 
@@ -15,25 +15,21 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Protocol, Sequence, Tuple, Union, runtime_checkable
 
 import numpy as np
 import torch
 from PIL import Image
 
-from project.age_groups import GROUP_LABELS
-from project.calibration import AgeEstimate
-from project.devices import resolve_device
-from project.errors import UserError
+from project.common.errors import UserError
+from project.config.devices import resolve_device
+from project.core.age_groups import GROUP_LABELS
+from project.core.calibration import AgeEstimate
+from project.core.transforms import ImageInput, build_transform, load_rgb_image
 from project.inference.detectors import AUTO, auto_face_detector
-from project.inference.faces import DetectedFace
+from project.inference.faces import DetectedFace, FaceDetector
 from project.models.bundle import PRETRAINED_DIR, is_bundle, load_bundle
 from project.models.checkpoint import TrainedNet, load_trained_net
-from project.transforms import ImageInput, build_transform, load_rgb_image
-
-if TYPE_CHECKING:
-    from project.inference.onnx_backend import OnnxNet
-
 
 #: the note of a photo in which the detector found no face (a row of its own, never a crash)
 NO_FACE = "no face detected (smaller than --min_face, turned away, or none there)"
@@ -125,6 +121,25 @@ def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
         yield items[start:start + size]
 
 
+@runtime_checkable
+class PredictorNet(Protocol):
+    """The network a predictor runs: a :class:`~project.models.checkpoint.TrainedNet` (a checkpoint or bundle, in
+    torch) or an :class:`~project.inference.onnx_backend.OnnxNet` (an exported graph, in onnxruntime)."""
+
+    #: which model answers: a bundled model's name, or a checkpoint's or exported file's name
+    name: str
+    #: the side of the square images it takes, in pixels
+    image_size: int
+    #: where and in what dtype :meth:`predict` wants its images
+    device: torch.device
+    dtype: torch.dtype
+
+    def predict(self, images: torch.Tensor) -> Tuple[torch.Tensor, Optional[AgeEstimate]]:
+        """Preprocessed images (``N x 3 x S x S``) -> calibrated group probabilities (``N x 5``) and, for models
+        that learned ages, their ages and intervals."""
+        ...
+
+
 #: How a predictor runs its model: ``torch`` (the trained network) or ``onnx`` (an exported graph, onnxruntime).
 BACKENDS = ("torch", "onnx")
 
@@ -140,13 +155,12 @@ class AgeGroupPredictor:
     """Age-group predictions for arbitrary images with a trained network.
 
     Args:
-        model: a :class:`~project.models.checkpoint.TrainedNet` (the network and its calibrations) or an
-            :class:`~project.inference.onnx_backend.OnnxNet` (an exported one): anything with ``predict(images)``,
-            ``image_size``, ``device`` and ``dtype``.
+        model: a :class:`PredictorNet`: a :class:`~project.models.checkpoint.TrainedNet` (the network and its
+            calibrations) or an :class:`~project.inference.onnx_backend.OnnxNet` (an exported one).
         device: where to run a ``TrainedNet``; ``None`` keeps it where it is (used for plots right after training).
     """
 
-    def __init__(self, model: Union[TrainedNet, "OnnxNet"], device: Union[str, torch.device, None] = None) -> None:
+    def __init__(self, model: PredictorNet, device: Union[str, torch.device, None] = None) -> None:
         self.model = model
         if isinstance(model, TrainedNet):
             model.net.eval()
@@ -190,7 +204,7 @@ class AgeGroupPredictor:
 
     # -- prediction ------------------------------------------------------------------------------------------
     def predict(self, images: Union[ImageInput, Iterable[ImageInput]], batch_size: int = 32,
-                face_detector=AUTO) -> List[Prediction]:
+                face_detector: Union[str, FaceDetector, None] = AUTO) -> List[Prediction]:
         """Predict paths, PIL images or uint8 arrays (one or a list); unreadable files get ``error`` set.
 
         ``face_detector``: ``"auto"`` (the default) finds every face with RetinaFace where the faces extra is
@@ -202,7 +216,7 @@ class AgeGroupPredictor:
         return [p for result in self.iter_results(images, batch_size, face_detector) for p in result.predictions]
 
     def iter_results(self, images: Union[ImageInput, Iterable[ImageInput]], batch_size: int = 32,
-                     face_detector=AUTO) -> Iterator[ImageResult]:
+                     face_detector: Union[str, FaceDetector, None] = AUTO) -> Iterator[ImageResult]:
         """Like :meth:`predict`, but one :class:`ImageResult` per input, keeping the loaded image (for drawing).
 
         Inputs are read ``batch_size`` at a time, so a folder of thousands of photos never sits in memory.
@@ -220,7 +234,7 @@ class AgeGroupPredictor:
                 self._fill(batch)
             yield from (result for result, _ in loaded)
 
-    def _resolve_detector(self, name: str):
+    def _resolve_detector(self, name: str) -> Optional[FaceDetector]:
         if name != AUTO:
             raise UserError(f"face_detector must be {AUTO!r}, None or a detector (got {name!r})")
         if self._auto_detector is None:
@@ -237,7 +251,8 @@ class AgeGroupPredictor:
             probabilities, ages = self.model.predict(batch.to(self.model.device, self.model.dtype))
         return probabilities.cpu().numpy(), ages
 
-    def _load(self, item: ImageInput, index: int, face_detector) -> Tuple[ImageResult, List[Optional[Image.Image]]]:
+    def _load(self, item: ImageInput, index: int,
+              face_detector: Optional[FaceDetector]) -> Tuple[ImageResult, List[Optional[Image.Image]]]:
         """Read one input; return its result skeleton and the crop (or face crops) to predict."""
         name = source_name(item, index)
         try:

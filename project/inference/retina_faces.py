@@ -25,7 +25,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 from PIL import Image, ImageOps
 
-from project.errors import UserError
+from project.common.errors import UserError
 from project.inference.alignment import CHIP_SIDE, RETINAFACE_TEMPLATE, align, cut_chip, eyes_and_nose
 from project.inference.faces import INSTALL_HINT, MIN_FACE, DetectedFace, keep_faces
 

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
-from project.age_groups import GROUP_LABELS
-from project.fileutils import atomic_path
+from project.common.fileutils import atomic_path
+from project.core.age_groups import GROUP_LABELS
 from project.inference.predictor import Prediction
 
 #: ``--output`` file types

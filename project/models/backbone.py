@@ -21,16 +21,16 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import VGG16_Weights, vgg16
 
-from project.errors import UserError, first_line
-from project.settings import FEATURE_LAYERS
+from project.common.errors import UserError, first_line
+from project.config.settings import FEATURE_LAYERS
 
 #: Output channels of VGG16's conv base.
 FEATURE_CHANNELS = 512
 #: The five max-pool layers halve the size five times, so images smaller than 32 px give an empty map.
 MIN_IMAGE_SIZE = 32
 
-# Where the frozen conv base may be cut (``project.settings.FEATURE_LAYERS``). ``block5`` is the whole conv base (the
-# notebook); ``block4`` stops after block 4's max pool and averages 2x2 cells, so the features keep the same
+# Where the frozen conv base may be cut (``project.config.settings.FEATURE_LAYERS``). ``block5`` is the whole conv
+# base (the notebook); ``block4`` stops after block 4's max pool and averages 2x2 cells, so the features keep the same
 # 512 x S/32 x S/32 shape. Block 4 holds the finer texture (wrinkles, skin) that age depends on; block 5 is tuned
 # to ImageNet's object classes.
 #: Index just past each block's max pool in ``torchvision.models.vgg16().features``.

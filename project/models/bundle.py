@@ -24,13 +24,13 @@ from typing import Any, Dict, List, Optional, Union
 
 import torch
 
-from project.calibration import AgeCalibration
-from project.errors import UserError, first_line
-from project.fileutils import atomic_path, write_json_atomic
+from project.common.errors import UserError, first_line
+from project.common.fileutils import atomic_path, write_json_atomic
+from project.config.settings import NetSettings
+from project.core.calibration import AgeCalibration
 from project.models.backbone import layers_run
 from project.models.checkpoint import CheckpointSummary, TrainedNet
 from project.models.net import AgeNet
-from project.settings import NetSettings
 
 #: the version of the bundle layout this release reads and writes
 BUNDLE_FORMAT = 1

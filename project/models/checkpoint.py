@@ -19,22 +19,22 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 
-from project.calibration import AgeCalibration, AgeEstimate, uncalibrated_ages
-from project.errors import UserError, first_line
-from project.models.net import AgeNet
-from project.settings import (
+from project.common.errors import UserError, first_line
+from project.config.settings import (
     InputSettings,
     NetSettings,
     ObjectiveSettings,
     OptimizerSettings,
 )
+from project.core.calibration import AgeCalibration, AgeEstimate, uncalibrated_ages
+from project.models.net import AgeNet
 
 #: ``hyper_parameters["format"]`` of the checkpoints this release writes (0.1.0 wrote flat ones, without it)
 CHECKPOINT_FORMAT = 2
 #: The LightningModule keeps its :class:`AgeNet` as ``net``: its parameters are saved under this prefix.
 NET_PREFIX = "net."
 TEMPERATURE_KEY = "temperature"
-#: how the per-year outputs become an age and an interval (``project.calibration.AgeCalibration``), or None
+#: how the per-year outputs become an age and an interval (``project.core.calibration.AgeCalibration``), or None
 AGE_CALIBRATION_KEY = "age_calibration"
 
 MapLocation = Union[str, torch.device, None]

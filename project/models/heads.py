@@ -7,7 +7,7 @@ from typing import Iterable, List, Sequence
 import torch
 from torch import nn
 
-from project.age_groups import NUM_CLASSES
+from project.core.age_groups import NUM_CLASSES
 
 
 class AgeGroupHead(nn.Module):

@@ -22,15 +22,15 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-from project.age_groups import AGE_BINS, NUM_CLASSES, group_log_probs
+from project.config.settings import NetSettings
+from project.core.age_groups import AGE_BINS, NUM_CLASSES, group_log_probs
+from project.core.transforms import mirror
 from project.models.backbone import (
     FEATURE_CHANNELS,
     FrozenVGG16Features,
     feature_map_size,
 )
 from project.models.heads import AgeGroupHead, CompactAgeHead
-from project.settings import NetSettings
-from project.transforms import mirror
 
 
 def average_probabilities(logits: torch.Tensor) -> torch.Tensor:

@@ -40,13 +40,14 @@ import torch
 from filelock import FileLock
 from torch import nn
 
-from project.errors import UserError
+from project.common.errors import UserError
+from project.config.precision import INT8_INSTALL_COMMAND
 from project.models.backbone import FrozenVGG16Features
 
 #: Bump when the export or quantization settings change: the quantized files (and so the caches) change with it.
 QUANTIZATION_VERSION = 2  # 2: 7-bit weights (reduce_range)
 _CALIBRATION_BATCH = 16
-INSTALL_COMMAND = "pip install -e .[onnx]"
+INSTALL_COMMAND = INT8_INSTALL_COMMAND
 INSTALL_HINT = f"int8 features need onnxruntime and onnx: {INSTALL_COMMAND}"
 
 

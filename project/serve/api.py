@@ -16,9 +16,9 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 
 from project import __version__
+from project.config.recipes import recipe_of
 from project.inference.detectors import FaceOptions
 from project.inference.predictor import AgeGroupPredictor, ImageResult, Prediction
-from project.recipes import recipe_of
 from project.serve.uploads import Rejected, read_upload
 
 NO_FACE_NOTE = "no face found: try a larger, sharper or more frontal face, or turn face detection off"

@@ -19,15 +19,15 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from project import __version__
-from project.age_groups import GROUP_LABELS
-from project.devices import ACCELERATORS, device_type_for
-from project.errors import OneLineArgumentParser, UserError, add_debug_argument, exit_on_user_error
+from project.common.errors import OneLineArgumentParser, UserError, add_debug_argument, exit_on_user_error
+from project.config.devices import ACCELERATORS, device_type_for
+from project.config.recipes import recipe_of
+from project.core.age_groups import GROUP_LABELS
 from project.inference.detectors import FaceOptions, add_face_arguments, face_options_from
 from project.inference.predictor import add_backend_argument
 from project.models.bundle import PRETRAINED_DIR, is_bundle, read_record, summary_of
 from project.models.checkpoint import read_summary
 from project.serve.uploads import TOO_LARGE, RawImageBodies
-from project.recipes import recipe_of
 
 PROGRAM = "age-classifier-serve"
 #: The page's files, shipped inside the package (no CDN, no web fonts: it works offline).

@@ -20,7 +20,7 @@ from typing import Callable, List, Mapping, Optional, Tuple, Union
 
 from PIL import Image
 
-from project.transforms import to_rgb
+from project.core.transforms import to_rgb
 
 #: The form field the image is sent in.
 UPLOAD_FIELD = "image"

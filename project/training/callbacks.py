@@ -7,7 +7,7 @@ from typing import Any, Dict
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 
-from project.runtime import keep_freed_memory, release_freed_memory
+from project.common.runtime import keep_freed_memory, release_freed_memory
 from project.training import run_files
 
 
@@ -24,7 +24,7 @@ class EpochSeeding(Callback):
 
 
 class FastTrainingAllocator(Callback):
-    """glibc keeps freed memory for reuse during the training loop only (see :mod:`project.runtime`)."""
+    """glibc keeps freed memory for reuse during the training loop only (see :mod:`project.common.runtime`)."""
 
     def on_train_start(self, trainer, pl_module) -> None:
         keep_freed_memory()

@@ -19,10 +19,14 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-from project import calibration
-from project.age_report import FaceResults, age_metrics, errors_by_age, slice_rows
-from project.calibration import AgeCalibration, uncalibrated_ages
-from project.age_groups import GROUP_LABELS, NUM_CLASSES, age_distribution
+from project.common.errors import UserError
+from project.config.recipes import RECIPES
+from project.config.settings import ObjectiveSettings, OptimizerSettings
+from project.core import calibration
+from project.core.age_groups import GROUP_LABELS, NUM_CLASSES, age_distribution
+from project.core.age_report import FaceResults, age_metrics, errors_by_age, slice_rows
+from project.core.calibration import AgeCalibration, uncalibrated_ages
+from project.models.backbone import build_backbone
 from project.models.checkpoint import (
     AGE_CALIBRATION_KEY,
     TEMPERATURE_KEY,
@@ -32,11 +36,7 @@ from project.models.checkpoint import (
     saved_settings,
     upgrade_checkpoint,
 )
-from project.errors import UserError
-from project.models.backbone import build_backbone
 from project.models.net import AgeNet
-from project.recipes import RECIPES
-from project.settings import ObjectiveSettings, OptimizerSettings
 
 
 @dataclass
@@ -66,7 +66,7 @@ class LitClassifier(pl.LightningModule):
 
     Args:
         net: the network (``project.models.net``); a new one has its pretrained backbone loaded already.
-        optimizer: the optimizer over the heads' parameters (``project.settings.OptimizerSettings``).
+        optimizer: the optimizer over the heads' parameters (``project.config.settings.OptimizerSettings``).
         objective: the per-year soft targets' width (and the expected-age term's weight) and whether to fit a
             temperature on validation.
 
@@ -76,9 +76,9 @@ class LitClassifier(pl.LightningModule):
 
     With ``objective.calibrate``, a temperature is fitted on every validation pass (the one of the saved epoch goes
     into its checkpoint) and divides test and prediction logits, so probabilities match observed frequencies;
-    validation itself stays raw, and no prediction changes (:mod:`project.calibration`). A network with per-year
+    validation itself stays raw, and no prediction changes (:mod:`project.core.calibration`). A network with per-year
     outputs also gets its age calibration (point estimate and interval) fitted there, and the test pass reports
-    errors in years and per slice (:mod:`project.age_report`).
+    errors in years and per slice (:mod:`project.core.age_report`).
     """
 
     def __init__(self, net: AgeNet, optimizer: OptimizerSettings, objective: ObjectiveSettings) -> None:
@@ -108,8 +108,8 @@ class LitClassifier(pl.LightningModule):
 
     @classmethod
     def from_recipe(cls, recipe: str = "default", backbone_weights: str = "imagenet", **net_input) -> "LitClassifier":
-        """A new model as a recipe (``project.recipes``: ``default`` or ``notebook``) builds it, with the pretrained
-        VGG16 of ``backbone_weights`` (``imagenet``: torchvision's download; or a local state dict file).
+        """A new model as a recipe (``project.config.recipes``: ``default`` or ``notebook``) builds it, with the
+        pretrained VGG16 of ``backbone_weights`` (``imagenet``: torchvision's download; or a local state dict file).
 
         ``net_input`` overrides the recipe's input settings, e.g. ``image_size=224`` or ``photo_views=True``.
         Train it for the recipe's ``max_epochs`` (its one-cycle schedule is planned over the Trainer's epochs).
@@ -128,7 +128,7 @@ class LitClassifier(pl.LightningModule):
         """Rebuild a model from a checkpoint alone: no network, no weights file, and no code run from the file.
 
         The file is read with ``weights_only=True`` (a checkpoint that would need to unpickle objects is refused;
-        there is no way around it); anything wrong with it is a one-line :class:`~project.errors.UserError`.
+        there is no way around it); anything wrong with it is a one-line :class:`~project.common.errors.UserError`.
         Checkpoints of release 0.1.0 load too (``project.models.checkpoint``).
         """
         if not weights_only:
@@ -217,7 +217,7 @@ class LitClassifier(pl.LightningModule):
         self.test_records.update(self._records(batch, step))
 
     def _records(self, batch: Mapping[str, torch.Tensor], step: StepOutput) -> torch.Tensor:
-        """One row per face: the columns of :class:`~project.age_report.FaceResults`, in order."""
+        """One row per face: the columns of :class:`~project.core.age_report.FaceResults`, in order."""
         missing = torch.full((len(step.targets),), float("nan"))
         estimate = low = high = missing
         if self.net.predicts_ages:

@@ -17,16 +17,16 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from project.age_groups import (
+from project.core.age_groups import (
     GROUP_BOUNDARIES,
     GROUP_LABELS,
     GROUP_RANGES,
     MAX_AGE,
     NUM_CLASSES,
 )
+from project.core.transforms import load_rgb_image
 from project.inference.predictor import AgeGroupPredictor
 from project.models.checkpoint import TrainedNet
-from project.transforms import load_rgb_image
 
 log = logging.getLogger(__name__)
 

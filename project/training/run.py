@@ -1,7 +1,7 @@
-"""A training run from :class:`~project.settings.RunSettings`: fit, test the best checkpoint, write the run files;
-or re-test a saved checkpoint. Small named steps in the style of torchvision's classification references.
+"""A training run from :class:`~project.config.settings.RunSettings`: fit, test the best checkpoint, write the run
+files; or re-test a saved checkpoint. Small named steps in the style of torchvision's classification references.
 
-    settings = ...                      # project.cli builds them from the flags (or tests, from the same parser)
+    settings = ...                      # project.cli.train builds them from the flags (or tests, from the same parser)
     metrics = train(settings)           # the run folder's test_metrics.json payload
 """
 
@@ -23,18 +23,18 @@ from pytorch_lightning.callbacks import (
 )
 from pytorch_lightning.loggers import CSVLogger
 
+from project.config.devices import lightning_accelerator
+from project.config.settings import DataSettings, RunSettings
 from project.data.datamodule import UTKFaceDataModule
 from project.data.feature_cache import FeatureCacheBuilder
-from project.devices import lightning_accelerator
 from project.models.backbone import build_backbone
 from project.models.checkpoint import TrainedNet
 from project.models.net import AgeNet
 from project.models.quantized import Int8Features
-from project.plots import write_run_plots
-from project.settings import DataSettings, RunSettings
 from project.training import run_files
 from project.training.callbacks import EpochSeeding, FastTrainingAllocator, RunFiles
 from project.training.module import LitClassifier
+from project.training.plots import write_run_plots
 
 log = logging.getLogger(__name__)
 

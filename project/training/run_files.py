@@ -19,9 +19,9 @@ from typing import Any, Dict, Optional
 
 import pytorch_lightning as pl
 
+from project.common.fileutils import write_json_atomic
+from project.core.age_report import write_slices_csv
 from project.data.datamodule import DUPLICATES_FILE_NAME, SKIPPED_FILE_NAME  # noqa: F401 - run files
-from project.age_report import write_slices_csv
-from project.fileutils import write_json_atomic
 from project.models.checkpoint import run_folder_of as run_dir_of  # noqa: F401 - the run folder of a checkpoint
 
 SPLIT_FILE_NAME = "split.json"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Sequence
 
-from project.cli import get_args_parser, settings_from_args
-from project.settings import RunSettings
+from project.cli.train import get_args_parser, settings_from_args
+from project.config.settings import RunSettings
 
 
 def fast_flags(data_dir: Path, cache_dir: Path, root: Path, *extra: str) -> List[str]:

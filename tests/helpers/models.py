@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
+from project.config.recipes import Recipe
 from project.models.backbone import FrozenVGG16Features
 from project.models.net import AgeNet
-from project.recipes import Recipe
 from project.training.module import LitClassifier
 
 

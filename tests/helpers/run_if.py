@@ -12,7 +12,7 @@ real_data = pytest.mark.skipif(not (REAL_ARCHIVE.is_file() and REAL_WEIGHTS.is_f
 def face_detector(name: str = "hog", **options):
     """The face detector ``name`` (dlib's by default, ``haar`` for OpenCV's), or skip when the faces extra is
     missing (no dlib or its models, no OpenCV, or OpenCV 5 without the cascades)."""
-    from project.errors import UserError
+    from project.common.errors import UserError
     from project.inference.detectors import make_face_detector
 
     try:
