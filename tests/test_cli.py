@@ -7,11 +7,12 @@ import sys
 import tarfile
 
 import pytest
-from helpers.config import fast_flags, run_dir
+from helpers.config import fast_flags, run_dir, settings_for
 from helpers.paths import REPO
 from helpers.synthetic import write_synthetic_utkface
 
 from project.cli.train import main
+from project.common.errors import UserError
 
 
 def run_cli(argv, capsys):
@@ -64,6 +65,7 @@ def test_fit_then_test_only_from_an_archive(utkface_archive, cache_dir, runs, tm
         (["--lr", "0"], "--lr must be positive"),
         (["--resume"], "--resume: no lightning_logs/version_*/checkpoints/last.ckpt"),
         (["--photo_views", "--recipe", "notebook"], "--photo_views needs mirror images"),
+        (["--split", "random", "--copy_labels", "keep"], "with --split random it would be ignored"),
     ],
 )
 def test_bad_flags_fail_early_with_one_line(flags, capsys, extra, message):
@@ -73,6 +75,16 @@ def test_bad_flags_fail_early_with_one_line(flags, capsys, extra, message):
     err = capsys.readouterr().err.strip()
     assert message in err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_copy_labels_default_to_drop_and_shape_a_grouped_split(flags, tmp_path):
+    assert settings_for(flags).data.copy_labels == "drop"
+    assert settings_for(flags + ["--copy_labels", "median"]).data.copy_labels == "median"
+    assert settings_for(flags + ["--split", "random"]).data.copy_labels == "drop"  # recorded, unused
+    split_file = tmp_path / "split.json"
+    split_file.write_text("{}")
+    with pytest.raises(UserError, match="with --split_file it would be ignored"):
+        settings_for(flags + ["--split_file", str(split_file), "--copy_labels", "median"])
 
 
 def test_missing_data_dir_is_one_line(capsys, tmp_path):
@@ -171,8 +183,6 @@ def test_strict_data_refuses_bad_items(flags, capsys, utkface_dir):
 
 
 def test_debug_shows_the_traceback(tmp_path, cache_dir, runs):
-    from project.common.errors import UserError
-
     with pytest.raises(UserError, match="no UTKFace images"):
         main(fast_flags(make_empty_folder(tmp_path), cache_dir, runs, "--debug"))
 

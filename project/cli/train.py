@@ -86,9 +86,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument("--split", type=str, default="grouped", choices=SPLIT_MODES,
                       help="a new split: copies of one photo kept on one side (grouped), or file by file as before "
                            "0.5.0 (random)")
-    data.add_argument("--copy_labels", type=str, default="drop", choices=COPY_POLICIES,
-                      help="copies of one photo whose ages disagree: left out (drop), one copy with the median age "
-                           "(median), or all kept (keep)")
+    data.add_argument("--copy_labels", type=str, default=None, choices=COPY_POLICIES,
+                      help=f"copies of one photo whose ages disagree, in a new grouped split: left out (drop), one "
+                           f"copy with the median age (median), or all kept (keep); default "
+                           f"{DataSettings.copy_labels}")
     data.add_argument("--group_people", type=float, nargs="?", const=0.6, default=None, metavar="DISTANCE",
                       help="also keep each person's photos on one side: dlib face descriptors closer than DISTANCE "
                            "(0.6 without a value; needs the faces extra; slow: about 19 min for UTKFace on 2 cores, "
@@ -277,6 +278,14 @@ def _photo_views(args: argparse.Namespace, recipe: Recipe) -> bool:
     return args.photo_views or recipe.net.input.photo_views
 
 
+def _copy_labels(args: argparse.Namespace) -> str:
+    """``--copy_labels``, refused where it would be ignored: it shapes a new grouped split only."""
+    if args.copy_labels is not None and (args.split != "grouped" or args.split_file):
+        given = "--split_file" if args.split_file else f"--split {args.split}"
+        raise UserError(f"--copy_labels shapes a new grouped split; with {given} it would be ignored: leave it out")
+    return args.copy_labels or DataSettings.copy_labels
+
+
 def _flag_or(value, default):
     return default if value is None else value
 
@@ -302,7 +311,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         cache_dir=Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir(),
         batch_size=_flag_or(args.batch_size, recipe.batch_size), seed=args.seed, num_workers=args.num_workers,
         split_file=Path(args.split_file) if args.split_file else None, strict_data=args.strict_data,
-        feature_cache=not args.no_feature_cache, split=args.split, copy_labels=args.copy_labels,
+        feature_cache=not args.no_feature_cache, split=args.split, copy_labels=_copy_labels(args),
         group_people=args.group_people,
     )
     trainer = TrainerSettings(
@@ -360,7 +369,7 @@ def check_data(args: argparse.Namespace) -> None:
     _check_writable(report_dir)
     cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
     for line in data_check.check_data(Path(args.data_dir).expanduser(), cache_dir, report_dir, seed=args.seed,
-                                      copy_labels=args.copy_labels, num_workers=args.num_workers):
+                                      copy_labels=_copy_labels(args), num_workers=args.num_workers):
         print(line)
 
 
