@@ -26,7 +26,7 @@ from project.common.errors import (
 )
 from project.config.devices import ACCELERATORS, device_type_for, parse_devices, process_count
 from project.config.precision import CHOICES as PRECISION_CHOICES
-from project.config.precision import FEATURE_ONLY, Hardware, PrecisionChoice, choose_precision, int8_blocker
+from project.config.precision import Hardware, PrecisionChoice, choose_precision, int8_blocker
 from project.config.recipes import DEFAULT as DEFAULT_RECIPE
 from project.config.recipes import NOTEBOOK as NOTEBOOK_RECIPE
 from project.config.recipes import RECIPES, Recipe
@@ -228,7 +228,7 @@ class SavedRun:
     recipe: str
     max_epochs: Optional[int]
     settings: SavedSettings
-    #: the features' precision the run was trained on (``int8``, or ``None`` for the training precision)
+    #: the feature precision its run_config.json records (the precision policy keeps only ``int8``)
     feature_precision: Optional[str] = None
 
 
@@ -243,13 +243,7 @@ def read_saved_run(args: argparse.Namespace) -> Optional[SavedRun]:
     config = run_files.read_config(run_files.run_dir_of(checkpoint)) or {}
     saved = saved_settings(read_checkpoint(checkpoint)["hyper_parameters"])
     return SavedRun(checkpoint, config.get("recipe", DEFAULT_RECIPE.name), config.get("max_epochs"), saved,
-                    _features_only_precision(config))
-
-
-def _features_only_precision(config: dict) -> Optional[str]:
-    """The features-only precision (``int8``) a run's ``run_config.json`` records, if it has one."""
-    precision = config.get("feature_precision")
-    return precision if precision in FEATURE_ONLY else None
+                    config.get("feature_precision"))
 
 
 def choose_run_precision(args: argparse.Namespace, saved: Optional[SavedRun], device_type: str,
@@ -260,7 +254,8 @@ def choose_run_precision(args: argparse.Namespace, saved: Optional[SavedRun], de
     elif args.test_only:
         run_kind, trained = "retest", None
         if args.precision == "auto":
-            trained = _features_only_precision(run_files.read_config(run_files.run_dir_of(Path(args.ckpt_path))) or {})
+            config = run_files.read_config(run_files.run_dir_of(Path(args.ckpt_path))) or {}
+            trained = config.get("feature_precision")
     else:
         run_kind, trained = "new", None
     choice = choose_precision(args.precision, Hardware.of(device_type), run=run_kind, trained_features=trained,

@@ -24,14 +24,16 @@ def device_type_for(accelerator: str) -> str:
     return "cpu"
 
 
+def _available(device_type: str) -> int:
+    """How many devices of ``device_type`` this machine has (CPU: cores)."""
+    return torch.cuda.device_count() if device_type == "cuda" else os.cpu_count() or 1
+
+
 def parse_devices(value: str, device_type: str):
     """``--devices`` as Lightning takes it (``"auto"``, a count, or a list), checked against what is there."""
-    if device_type == "cuda":
-        available = torch.cuda.device_count()
-        if available == 0:
-            raise UserError(NO_GPU_MESSAGE)
-    else:
-        available = os.cpu_count() or 1
+    available = _available(device_type)
+    if device_type == "cuda" and available == 0:
+        raise UserError(NO_GPU_MESSAGE)
     if value == "auto":
         return "auto"
     if re.fullmatch(r"-?\d+", value):
@@ -52,10 +54,10 @@ def parse_devices(value: str, device_type: str):
 
 def process_count(devices, num_nodes: int, device_type: str) -> int:
     """How many processes Lightning starts for ``devices`` (as :func:`parse_devices` returns it) on each node."""
-    if devices == "auto":
-        per_node = torch.cuda.device_count() if device_type == "cuda" else 1
+    if devices == "auto":  # Lightning: every GPU, or one CPU process
+        per_node = _available(device_type) if device_type == "cuda" else 1
     elif devices == -1:
-        per_node = torch.cuda.device_count() if device_type == "cuda" else os.cpu_count() or 1
+        per_node = _available(device_type)
     else:
         per_node = len(devices) if isinstance(devices, list) else devices
     return per_node * num_nodes

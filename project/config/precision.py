@@ -116,10 +116,11 @@ def choose_precision(requested: str, hardware: Hardware, *, run: str = "new", tr
                      int8_available: Callable[[], bool] = lambda: False) -> PrecisionChoice:
     """The training and feature precisions for ``--precision requested`` on ``hardware``.
 
-    ``run`` is one of :data:`RUN_KINDS`; ``trained_features`` the features-only precision a resumed or re-tested run
-    was trained on (``int8``, or None); ``processes`` how many processes the run starts; ``int8_available`` says
-    whether the onnx extra is installed (a callable, because answering imports onnxruntime: asked only when int8 is
-    in question). A choice of int8 that cannot run here is not refused here: :func:`int8_blocker` says why.
+    ``run`` is one of :data:`RUN_KINDS`; ``trained_features`` the feature precision a resumed or re-tested run
+    records (only a features-only one, ``int8``, is kept; None for none); ``processes`` how many processes the run
+    starts; ``int8_available`` says whether the onnx extra is installed (a callable, because answering imports
+    onnxruntime: asked only when int8 is in question). A choice of int8 that cannot run here is not refused here:
+    :func:`int8_blocker` says why.
     """
     if requested not in CHOICES:
         raise ValueError(f"unknown precision {requested!r}; choose one of {', '.join(CHOICES)}")

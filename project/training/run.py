@@ -112,10 +112,7 @@ def train(settings: RunSettings, callbacks: Sequence[Callback] = ()) -> Dict:
                        version=run_files.version_of(resume_from) if resume_from else None)
     data = settings.data
     if resume_from is not None and data.split_file is None:
-        previous_run = run_files.run_dir_of(resume_from)
-        previous = previous_run / run_files.SPLIT_FILE_NAME
-        data = replace(data, split_file=previous) if previous.is_file() \
-            else replace(data, **run_files.split_settings_of(previous_run))
+        data = replace(data, **run_files.split_settings_of(run_files.run_dir_of(resume_from)))
     datamodule = build_datamodule(data, model.net, settings.trainer.feature_precision)
     best, last = checkpoint_callbacks()
     own = [best, last, EpochSeeding(settings.data.seed), RunFiles(settings.record()), FastTrainingAllocator()]
@@ -154,9 +151,9 @@ def retest(settings: RunSettings, checkpoint: Path, split_file: Optional[Path], 
     """Test a saved checkpoint on the test images of ``split_file`` (its run's split.json); returns the metrics
     and writes them to ``metrics_json`` too when given."""
     model = LitClassifier.load_from_checkpoint(checkpoint, map_location="cpu")
-    data = replace(settings.data, split_file=split_file)
-    if split_file is None:  # made again as the run made it (a run before 0.5.0 split file by file)
-        data = replace(data, **run_files.split_settings_of(run_files.run_dir_of(checkpoint)))
+    # without a split file, the split is made again as the run made it (a run before 0.5.0 split file by file)
+    data = replace(settings.data, **({"split_file": split_file} if split_file
+                                     else run_files.split_settings_of(run_files.run_dir_of(checkpoint))))
     # the checkpoint's own input settings (image size, mirror images), whatever the flags' recipe says
     datamodule = build_datamodule(data, model.net, settings.trainer.feature_precision)
     trainer = build_trainer(settings, callbacks=[], logger=False)

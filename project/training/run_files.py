@@ -62,8 +62,10 @@ def read_config(run_dir: Path) -> Optional[Dict[str, Any]]:
 
 
 def split_settings_of(run_dir: Path) -> Dict[str, Any]:
-    """How a run made its split, from its ``run_config.json``, to make it again when its ``split.json`` is gone
-    (runs of releases before 0.5.0 recorded nothing: they split file by file); empty without a run_config.json."""
+    """The data settings that give a run's split again: its ``split.json``; without it, how its ``run_config.json``
+    says it split (runs of releases before 0.5.0 recorded nothing: they split file by file); empty without either."""
+    if (run_dir / SPLIT_FILE_NAME).is_file():
+        return {"split_file": run_dir / SPLIT_FILE_NAME}
     config = read_config(run_dir)
     if config is None:
         return {}
