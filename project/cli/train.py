@@ -26,12 +26,20 @@ from project.common.errors import (
 )
 from project.config.devices import ACCELERATORS, device_type_for, parse_devices, process_count
 from project.config.precision import CHOICES as PRECISION_CHOICES
-from project.config.precision import Hardware, PrecisionChoice, choose_precision, int8_blocker
+from project.config.precision import (
+    Hardware,
+    PrecisionChoice,
+    choose_precision,
+    finetune_all_blocker,
+    int8_blocker,
+)
 from project.config.recipes import DEFAULT as DEFAULT_RECIPE
+from project.config.recipes import FINETUNE as FINETUNE_RECIPE
 from project.config.recipes import NOTEBOOK as NOTEBOOK_RECIPE
 from project.config.recipes import RECIPES, Recipe
 from project.config.settings import (
     DataSettings,
+    NetSettings,
     RunSettings,
     TrainerSettings,
     default_cache_dir,
@@ -103,8 +111,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     model = parser.add_argument_group("model")
     model.add_argument("--recipe", type=str, default=None, choices=sorted(RECIPES),
                        help=f"{DEFAULT_RECIPE.name} (the default; with --resume: the run's own recipe): "
-                            f"{DEFAULT_RECIPE.summary}; {NOTEBOOK_RECIPE.name}: {NOTEBOOK_RECIPE.summary}. Flags "
-                            f"whose help says 'recipe' override single values")
+                            f"{DEFAULT_RECIPE.summary}; {NOTEBOOK_RECIPE.name}: {NOTEBOOK_RECIPE.summary}; "
+                            f"{FINETUNE_RECIPE.name}: {FINETUNE_RECIPE.summary}. Flags whose help says 'recipe' "
+                            f"override single values")
+    model.add_argument("--finetune", type=str, default=None, choices=FINETUNE_CHOICES,
+                       help=f"which VGG16 layers train besides the heads, with --recipe {FINETUNE_RECIPE.name} "
+                            f"(implied): block5 (its default; blocks 1-4 frozen and cached) or all (every layer, "
+                            f"no feature cache, the images mirrored and photo-viewed at random: GPUs only)")
+    model.add_argument("--backbone_lr_factor", type=float, default=None,
+                       help=f"the trained VGG16 layers' learning rate as a fraction of --lr "
+                            f"(recipe: {FINETUNE_RECIPE.name} {FINETUNE_RECIPE.optimizer.backbone_lr_factor})")
     model.add_argument("--backbone_weights", type=str, default="imagenet",
                        help="imagenet | PATH to a vgg16().features or vgg16() state dict | none (random)")
     model.add_argument("--lr", type=float, default=None,
@@ -247,7 +263,7 @@ def read_saved_run(args: argparse.Namespace) -> Optional[SavedRun]:
 
 
 def choose_run_precision(args: argparse.Namespace, saved: Optional[SavedRun], device_type: str,
-                         devices) -> PrecisionChoice:
+                         devices, feature_cache: bool) -> PrecisionChoice:
     """The precision policy (:func:`~project.config.precision.choose_precision`) applied to this command."""
     if saved:
         run_kind, trained = "resume", saved.feature_precision
@@ -260,7 +276,7 @@ def choose_run_precision(args: argparse.Namespace, saved: Optional[SavedRun], de
         run_kind, trained = "new", None
     choice = choose_precision(args.precision, Hardware.of(device_type), run=run_kind, trained_features=trained,
                               processes=process_count(devices, args.num_nodes, device_type),
-                              feature_cache=not args.no_feature_cache, int8_available=int8_is_available)
+                              feature_cache=feature_cache, int8_available=int8_is_available)
     if choice.notice:
         logging.getLogger(__name__).info(choice.notice)
     return choice
@@ -281,6 +297,31 @@ def _copy_labels(args: argparse.Namespace) -> str:
     return args.copy_labels or DataSettings.copy_labels
 
 
+#: ``--finetune``: the frozen base's cut each choice means (``project.models.backbone``)
+FINETUNE_CUTS = {"block5": "block4_full", "all": "pixels"}
+FINETUNE_CHOICES = tuple(FINETUNE_CUTS)
+
+
+def _recipe_name(args: argparse.Namespace, saved: Optional["SavedRun"]) -> str:
+    """The recipe a run uses: ``--recipe``; else ``finetune`` with ``--finetune``; else a resumed run's own."""
+    if args.finetune is not None:
+        if args.recipe not in (None, FINETUNE_RECIPE.name):
+            raise UserError(f"--finetune belongs to --recipe {FINETUNE_RECIPE.name} (the {args.recipe} recipe trains "
+                            f"only heads): drop one of them")
+        if saved is not None:
+            raise UserError("--resume: a run goes on training the layers it started with; resume without --finetune")
+        return FINETUNE_RECIPE.name
+    return args.recipe or (saved.recipe if saved else DEFAULT_RECIPE.name)
+
+
+def _new_net(args: argparse.Namespace, recipe: Recipe) -> NetSettings:
+    """A new run's network: the recipe's, with the flags' image size, photo views and ``--finetune`` cut."""
+    cut = FINETUNE_CUTS[args.finetune] if args.finetune else recipe.net.input.feature_layer
+    return replace(recipe.net, input=replace(
+        recipe.net.input, image_size=_flag_or(args.image_size, recipe.net.input.image_size),
+        photo_views=_photo_views(args, recipe), feature_layer=cut))
+
+
 def _flag_or(value, default):
     return default if value is None else value
 
@@ -291,22 +332,28 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
     head) and the recipe it started with; the learning rate and weight decay are the flags' (or the recipe's)."""
     check_paths(args)
     saved = read_saved_run(args)
-    recipe: Recipe = RECIPES[args.recipe or (saved.recipe if saved else DEFAULT_RECIPE.name)]
-    net = saved.settings.net if saved else replace(recipe.net, input=replace(
-        recipe.net.input, image_size=_flag_or(args.image_size, recipe.net.input.image_size),
-        photo_views=_photo_views(args, recipe)))
-    optimizer = replace(saved.settings.optimizer if saved else recipe.optimizer,
-                        lr=_flag_or(args.lr, recipe.optimizer.lr),
-                        weight_decay=_flag_or(args.weight_decay, recipe.optimizer.weight_decay))
+    recipe: Recipe = RECIPES[_recipe_name(args, saved)]
+    net = saved.settings.net if saved else _new_net(args, recipe)
+    saved_optimizer = saved.settings.optimizer if saved else recipe.optimizer
+    if args.backbone_lr_factor is not None and not 0 < args.backbone_lr_factor <= 1:
+        raise UserError(f"--backbone_lr_factor must be in (0, 1] (got {args.backbone_lr_factor})")
+    optimizer = replace(saved_optimizer, lr=_flag_or(args.lr, recipe.optimizer.lr),
+                        weight_decay=_flag_or(args.weight_decay, recipe.optimizer.weight_decay),
+                        backbone_lr_factor=_flag_or(args.backbone_lr_factor, saved_optimizer.backbone_lr_factor))
     device_type = device_type_for(args.accelerator)
+    if not net.input.cacheable and not args.test_only:
+        blocker = finetune_all_blocker(device_type)
+        if blocker:
+            raise UserError(blocker)
     devices = parse_devices(args.devices, device_type)
-    precision = choose_run_precision(args, saved, device_type, devices)
+    feature_cache = not args.no_feature_cache and net.input.cacheable
+    precision = choose_run_precision(args, saved, device_type, devices, feature_cache)
     data = DataSettings(
         data_dir=Path(args.data_dir).expanduser(),
         cache_dir=Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir(),
         batch_size=_flag_or(args.batch_size, recipe.batch_size), seed=args.seed, num_workers=args.num_workers,
         split_file=Path(args.split_file) if args.split_file else None, strict_data=args.strict_data,
-        feature_cache=not args.no_feature_cache, split=args.split, copy_labels=_copy_labels(args),
+        feature_cache=feature_cache, split=args.split, copy_labels=_copy_labels(args),
         group_people=args.group_people,
     )
     trainer = TrainerSettings(

@@ -111,6 +111,21 @@ def int8_blocker(device_type: str, processes: int, feature_cache: bool) -> Optio
     return None
 
 
+#: What one training step of ``--finetune all`` costs per 200 px image: VGG16's conv base forward (12.2 GMAC at
+#: 200 px) and backward (twice that), in floating-point operations.
+FINETUNE_ALL_GFLOP_PER_IMAGE = 73
+
+
+def finetune_all_blocker(device_type: str) -> Optional[str]:
+    """Why every VGG16 layer cannot be trained here (None on a GPU): on a CPU each epoch would take many hours."""
+    if device_type == "cuda":
+        return None
+    return (f"--finetune all trains every VGG16 layer on every image at every step (about "
+            f"{FINETUNE_ALL_GFLOP_PER_IMAGE} GFLOP per 200 px image), hours per epoch on a CPU: it needs a GPU "
+            f"(--accelerator gpu); on this machine use --recipe finetune, which trains block 5 above a cache of "
+            f"blocks 1-4")
+
+
 def choose_precision(requested: str, hardware: Hardware, *, run: str = "new", trained_features: Optional[str] = None,
                      processes: int = 1, feature_cache: bool = True,
                      int8_available: Callable[[], bool] = lambda: False) -> PrecisionChoice:

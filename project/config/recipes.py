@@ -1,4 +1,4 @@
-"""Training recipes: the faithful notebook port (the reference) and the improved default.
+"""Training recipes: the faithful notebook port (the reference), the improved default, and its fine-tuning step.
 
 A recipe holds the defaults of everything that decides accuracy - which VGG16 layer the frozen features come from, the
 head, the target, the optimizer and schedule, batch size and epochs - so the command line's ``--recipe`` reproduces the
@@ -68,7 +68,20 @@ DEFAULT = Recipe(
     patience=None,
 )
 
-RECIPES: Dict[str, Recipe] = {recipe.name: recipe for recipe in (DEFAULT, NOTEBOOK)}
+FINETUNE = Recipe(
+    name="finetune",
+    summary="the default recipe with VGG16's block 5 trained: blocks 1-4 frozen and cached at full resolution "
+            "(200 px -> 512 x 12 x 12), a trainable copy of block 5 (ImageNet weights) at a tenth of the heads' "
+            "learning rate, the default heads, targets and calibration on top, 12 epochs",
+    net=replace(DEFAULT.net, input=replace(DEFAULT.net.input, feature_layer="block4_full")),
+    optimizer=replace(DEFAULT.optimizer, backbone_lr_factor=0.1),
+    objective=DEFAULT.objective,
+    batch_size=DEFAULT.batch_size,
+    max_epochs=12,
+    patience=None,
+)
+
+RECIPES: Dict[str, Recipe] = {recipe.name: recipe for recipe in (DEFAULT, NOTEBOOK, FINETUNE)}
 
 
 def recipe_of(net: NetSettings) -> str:

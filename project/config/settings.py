@@ -17,8 +17,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
-#: Where the frozen VGG16 may be cut (see ``project.models.backbone``).
-FEATURE_LAYERS = ("block5", "block4")
+#: Where the frozen VGG16 may be cut (see ``project.models.backbone``): ``block5`` and ``block4`` feed the heads
+#: directly; above ``block4_full`` (block 4's full-resolution output) VGG16's block 5 is trained, and above ``pixels``
+#: (nothing frozen: ``--finetune all``, GPUs only) every VGG16 layer is.
+FEATURE_LAYERS = ("block5", "block4", "block4_full", "pixels")
 #: ``notebook``: flatten -> 1000 -> 256 (the Keras notebook); ``compact``: 1x1 conv squeeze -> 512.
 HEADS = ("notebook", "compact")
 #: ``group``: 5 logits, cross-entropy; ``age``: 125 per-year logits with soft targets, summed into the 5 groups.
@@ -39,7 +41,7 @@ class InputSettings:
 
     #: images are resized to ``image_size x image_size``; the head's input size follows it (7x7 features at 224 px)
     image_size: int
-    #: ``block5`` (the whole conv base) or ``block4`` (see ``project.models.backbone``)
+    #: where the frozen part of VGG16 ends and the cached features come from (``FEATURE_LAYERS``)
     feature_layer: str
     #: train on mirror images too and average the prediction of each face and its mirror image
     mirror: bool
@@ -51,6 +53,11 @@ class InputSettings:
         _check_choice("feature layer", self.feature_layer, FEATURE_LAYERS)
         if self.photo_views and not self.mirror:
             raise ValueError("photo views need mirror images (the default recipe)")
+
+    @property
+    def cacheable(self) -> bool:
+        """Whether the frozen part's output can be cached: not where nothing is frozen (``pixels``)."""
+        return self.feature_layer != "pixels"
 
     @property
     def views(self) -> int:
@@ -95,7 +102,7 @@ class NetSettings:
 
 @dataclass(frozen=True)
 class OptimizerSettings:
-    """How the head is optimized (the backbone is frozen)."""
+    """How the heads (and the VGG16 layers a fine-tuning recipe trains) are optimized."""
 
     #: ``adam``: L2 as coupled weight decay on the kernels, as Keras' ``l2`` (the notebook); ``adamw``: decoupled
     name: str
@@ -103,10 +110,15 @@ class OptimizerSettings:
     #: with ``adam`` on the notebook head, 0.002 on its two hidden kernels is Keras' ``l2(0.001)``
     weight_decay: float
     schedule: str
+    #: the trained VGG16 layers' learning rate as a fraction of ``lr`` (the heads'): pretrained filters move slowly
+    #: (discriminative learning rates); unused when only the heads train
+    backbone_lr_factor: float = 0.1
 
     def __post_init__(self) -> None:
         _check_choice("optimizer", self.name, OPTIMIZERS)
         _check_choice("schedule", self.schedule, SCHEDULES)
+        if not 0 < self.backbone_lr_factor <= 1:
+            raise ValueError(f"backbone_lr_factor must be in (0, 1], got {self.backbone_lr_factor}")
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import hashlib
+from copy import deepcopy as copy_module
 import pickle
 import urllib.error
 from pathlib import Path
@@ -32,14 +33,26 @@ MIN_IMAGE_SIZE = 32
 # Where the frozen conv base may be cut (``project.config.settings.FEATURE_LAYERS``). ``block5`` is the whole conv
 # base (the notebook); ``block4`` stops after block 4's max pool and averages 2x2 cells, so the features keep the same
 # 512 x S/32 x S/32 shape. Block 4 holds the finer texture (wrinkles, skin) that age depends on; block 5 is tuned
-# to ImageNet's object classes.
-#: Index just past each block's max pool in ``torchvision.models.vgg16().features``.
-_BLOCK_END = {"block4": 24, "block5": 31}
+# to ImageNet's object classes. The fine-tuning cuts keep block 4's output at full resolution (``block4_full``,
+# 512 x S/16 x S/16, four times the cache) so that a trainable copy of block 5 runs above it, or freeze nothing
+# (``pixels``) so that every layer trains.
+#: Index just past each cut in ``torchvision.models.vgg16().features``.
+_BLOCK_END = {"pixels": 0, "block4": 24, "block4_full": 24, "block5": 31}
+#: Cuts above which the rest of the conv base is trained (:func:`trained_layers`), not left out.
+FINETUNED_CUTS = ("block4_full", "pixels")
+#: Length of ``vgg16().features``.
+CONV_BASE_LAYERS = 31
 
 
 def layers_run(layer: str) -> int:
-    """How many of ``vgg16().features``' layers a base cut after ``layer`` runs (the rest are kept but unused)."""
+    """How many of ``vgg16().features``' layers a frozen base cut after ``layer`` runs (the rest are kept but
+    unused)."""
     return _BLOCK_END[layer]
+
+
+def trained_layers(layer: str) -> Optional[slice]:
+    """The slice of ``vgg16().features`` that trains above a frozen base cut after ``layer`` (None: only heads)."""
+    return slice(_BLOCK_END[layer], CONV_BASE_LAYERS) if layer in FINETUNED_CUTS else None
 
 
 def feature_map_size(image_size: int) -> int:
@@ -50,9 +63,13 @@ def feature_map_size(image_size: int) -> int:
     return size
 
 
-def feature_shape(image_size: int) -> tuple:
-    """Shape ``(C, H, W)`` of the conv-base output for one image."""
+def feature_shape(image_size: int, layer: str = "block5") -> tuple:
+    """Shape ``(C, H, W)`` of the features a base cut after ``layer`` gives for one ``image_size`` image."""
+    if layer == "pixels":
+        return (3, image_size, image_size)
     side = feature_map_size(image_size)
+    if layer == "block4_full":
+        side = image_size // 16  # four max pools
     return (FEATURE_CHANNELS, side, side)
 
 
@@ -67,7 +84,7 @@ class FrozenVGG16Features(nn.Module):
         super().__init__()
         if layer not in FEATURE_LAYERS:
             raise ValueError(f"unknown feature layer {layer!r}; choose one of {', '.join(FEATURE_LAYERS)}")
-        #: ``block5`` (the whole conv base) or ``block4``
+        #: where the frozen base ends (``FEATURE_LAYERS``)
         self.layer = layer
         # All of VGG16's conv layers are kept whatever the cut, so every weights file and checkpoint has one layout.
         self.layers = vgg16(weights=None).features
@@ -79,7 +96,7 @@ class FrozenVGG16Features(nn.Module):
         return super().train(False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Images ``N x 3 x S x S`` (ImageNet-normalised RGB) -> features ``N x 512 x S/32 x S/32``."""
+        """Images ``N x 3 x S x S`` (ImageNet-normalised RGB) -> features of :meth:`feature_shape` each."""
         features = self.layers[:layers_run(self.layer)](images.contiguous(memory_format=torch.channels_last))
         if self.layer == "block4":
             features = F.avg_pool2d(features, 2)  # S/16 -> S/32: the same shape (and cache size) as block 5
@@ -95,7 +112,18 @@ class FrozenVGG16Features(nn.Module):
 
     def feature_shape(self, image_size: int) -> tuple:
         """Shape ``(C, H, W)`` of the features of one ``image_size`` image."""
-        return feature_shape(image_size)
+        return feature_shape(image_size, self.layer)
+
+    def trainable_copy(self) -> Optional[nn.Sequential]:
+        """A trainable copy of the layers above the cut (:func:`trained_layers`), with the base's (pretrained)
+        weights; None where only heads train."""
+        layers = trained_layers(self.layer)
+        if layers is None:
+            return None
+        copy = copy_module(self.layers[layers])
+        for param in copy.parameters():
+            param.requires_grad_(True)
+        return copy
 
     def digest(self) -> str:
         """A hash of the weights themselves (not of a file name)."""

@@ -45,7 +45,12 @@ def average_probabilities(logits: torch.Tensor) -> torch.Tensor:
 
 
 class AgeNet(nn.Module):
-    """Frozen VGG16 conv base + ``settings.ensemble_size`` heads (see the module docstring).
+    """Frozen VGG16 conv base (+ trained VGG16 layers above it) + ``settings.ensemble_size`` heads (see the module
+    docstring).
+
+    A base cut at ``block4_full`` or ``pixels`` (``project.models.backbone.FINETUNED_CUTS``) has the rest of the conv
+    base above it as ``tuned``: a trainable copy initialised with the base's own (pretrained) weights, run on the
+    frozen features before the heads. Every other cut has ``tuned = None`` and trains only heads.
 
     ``backbone``: a pretrained conv base (``project.models.backbone.build_backbone``) for a new model; without one
     the base has random weights, as when a trained network is about to get everything from its checkpoint.
@@ -59,6 +64,8 @@ class AgeNet(nn.Module):
             raise ValueError(f"a {backbone.layer} backbone for a {settings.input.feature_layer} network")
         self.backbone = backbone if backbone is not None else FrozenVGG16Features(settings.input.feature_layer)
         self.backbone.to(memory_format=torch.channels_last)  # faster convolutions on CPU
+        #: the trained VGG16 layers between the frozen base and the heads (None: only heads train)
+        self.tuned: Optional[nn.Sequential] = self.backbone.trainable_copy()
         #: 125 per-year logits (``age`` target) or 5 group logits (``group`` target) per head
         self.outputs_per_head = AGE_BINS if settings.target == "age" else NUM_CLASSES
         self.heads = nn.ModuleList(self._new_head() for _ in range(settings.ensemble_size))
@@ -107,7 +114,10 @@ class AgeNet(nn.Module):
         return average_probabilities(per_view), outputs
 
     def head_outputs(self, features: torch.Tensor) -> torch.Tensor:
-        """Features ``N x C x H x W`` -> every head's raw outputs ``N x heads x outputs_per_head``."""
+        """Frozen features ``N x C x H x W`` -> every head's raw outputs ``N x heads x outputs_per_head`` (through
+        the trained VGG16 layers first, where there are some)."""
+        if self.tuned is not None:
+            features = self.tuned(features.contiguous(memory_format=torch.channels_last))
         return torch.stack([head(features) for head in self.heads], dim=1)
 
     def member_group_logits(self, outputs: torch.Tensor) -> torch.Tensor:
@@ -145,6 +155,10 @@ class AgeNet(nn.Module):
         logits, outputs = self.logits_and_outputs(self.encode_views(views))
         years = self.year_probabilities(outputs, views.shape[1]) if self.predicts_ages else None
         return logits, years
+
+    def tuned_parameters(self) -> list:
+        """The trained VGG16 layers' parameters (empty when only heads train)."""
+        return [] if self.tuned is None else list(self.tuned.parameters())
 
     def regularized_weights(self) -> list:
         """The heads' kernels that get weight decay (the notebook head: its two hidden kernels, as Keras' l2)."""

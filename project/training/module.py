@@ -62,11 +62,12 @@ def _metrics(prefix: str) -> MetricCollection:
 
 
 class LitClassifier(pl.LightningModule):
-    """Trains the heads of an :class:`AgeNet` (its backbone is frozen), fits the calibration, tests.
+    """Trains the heads of an :class:`AgeNet` (and the VGG16 layers above its frozen base where the recipe
+    fine-tunes), fits the calibration, tests.
 
     Args:
         net: the network (``project.models.net``); a new one has its pretrained backbone loaded already.
-        optimizer: the optimizer over the heads' parameters (``project.config.settings.OptimizerSettings``).
+        optimizer: the optimizer over the trainable parameters (``project.config.settings.OptimizerSettings``).
         objective: the per-year soft targets' width (and the expected-age term's weight) and whether to fit a
             temperature on validation.
 
@@ -311,26 +312,36 @@ class LitClassifier(pl.LightningModule):
 
     # -- optimisation ----------------------------------------------------------------------------------------
     def configure_optimizers(self):
-        """The optimizer over the heads only (the backbone is frozen), weight decay on kernels only.
+        """The optimizer over the trainable parameters only (the frozen backbone is not in it), weight decay on
+        kernels only.
 
         ``adam`` reproduces Keras' l2 (coupled decay on the notebook head's two hidden kernels); ``adamw`` decays
-        every kernel. ``onecycle`` warms up for 10 % of the steps and then follows a cosine down, every batch.
+        every kernel. The VGG16 layers a fine-tuning recipe trains get ``lr * backbone_lr_factor`` (discriminative
+        learning rates: the pretrained filters move slowly while the new heads settle). ``onecycle`` warms up for
+        10 % of the steps and then follows a cosine down, every batch, in every group.
         """
         settings = self.optimizer_settings
         decayed = self.net.regularized_weights()
         decayed_ids = {id(p) for p in decayed}
         others = [p for p in self.net.heads.parameters() if id(p) not in decayed_ids]
         groups = [
-            {"params": decayed, "weight_decay": settings.weight_decay},
-            {"params": others, "weight_decay": 0.0},
+            {"params": decayed, "weight_decay": settings.weight_decay, "lr": settings.lr},
+            {"params": others, "weight_decay": 0.0, "lr": settings.lr},
         ]
+        tuned = self.net.tuned_parameters()
+        if tuned:
+            tuned_lr = settings.lr * settings.backbone_lr_factor
+            groups += [
+                {"params": [p for p in tuned if p.ndim > 1], "weight_decay": settings.weight_decay, "lr": tuned_lr},
+                {"params": [p for p in tuned if p.ndim <= 1], "weight_decay": 0.0, "lr": tuned_lr},
+            ]
         # The fused kernel makes the per-step update of 25 M parameters a single pass over memory.
         optimizer_class = torch.optim.AdamW if settings.name == "adamw" else torch.optim.Adam
         optimizer = optimizer_class(groups, lr=settings.lr, fused=True)
         if settings.schedule != "onecycle":
             return optimizer
         schedule = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=settings.lr, total_steps=max(1, int(self.trainer.estimated_stepping_batches)),
-            pct_start=0.1,
+            optimizer, max_lr=[group["lr"] for group in groups],
+            total_steps=max(1, int(self.trainer.estimated_stepping_batches)), pct_start=0.1,
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -48,8 +48,9 @@ def build_model(settings: RunSettings) -> LitClassifier:
 def build_datamodule(data: DataSettings, net: AgeNet, precision: str) -> UTKFaceDataModule:
     """The DataModule of ``data`` for ``net``: the images the network's input settings ask for, or their cached
     backbone features (computed in ``precision``; ``int8``: by the backbone's int8 quantization, which the
-    DataModule calibrates on training images) unless the cache is off."""
+    DataModule calibrates on training images) unless the cache is off or nothing is frozen (``--finetune all``)."""
     features = None
+    data = replace(data, feature_cache=data.feature_cache and net.settings.input.cacheable)
     if data.feature_cache:
         encoder = Int8Features(net.backbone, data.cache_dir / "int8") if precision == "int8" else net.backbone
         features = FeatureCacheBuilder(encoder, precision, data.cache_dir / "features",
