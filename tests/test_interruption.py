@@ -40,8 +40,11 @@ def kill_when(process: subprocess.Popen, ready, timeout: float = 120.0) -> None:
     process.wait()
 
 
-def test_resume_after_sigkill_reaches_the_same_metrics(flags, runs, tmp_path):
-    """Kill -9 in the middle of epoch 2, resume: the final metrics equal an uninterrupted run's."""
+@pytest.mark.parametrize("recipe", [[], ["--recipe", "finetune"]], ids=["default", "finetune"])
+def test_resume_after_sigkill_reaches_the_same_metrics(flags, runs, tmp_path, recipe):
+    """Kill -9 in the middle of epoch 2, resume: the final metrics equal an uninterrupted run's (also where block 5
+    trains with its own learning rate and optimizer state)."""
+    flags = flags + recipe
     reference = tmp_path / "reference"
     main(flags + ["--max_epochs", "4", "--default_root_dir", str(reference)])
     expected = json.loads((run_dir(reference) / "test_metrics.json").read_text())
@@ -57,6 +60,10 @@ def test_resume_after_sigkill_reaches_the_same_metrics(flags, runs, tmp_path):
     got = json.loads((run_dir(runs) / "test_metrics.json").read_text())
     for key in ("test_acc", "test_loss", "best_val_acc", "confusion_matrix", "epochs_trained"):
         assert got[key] == expected[key], key
+    weights = [torch.load(run_dir(root) / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+               for root in (reference, runs)]
+    for key, tensor in weights[0].items():  # every weight, bit for bit (metrics alone can hide a changed draw)
+        assert torch.equal(weights[1][key], tensor), key
 
 
 def seeded_backbone():

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,15 +23,10 @@ from project.common.errors import (
     add_debug_argument,
     exit_on_user_error,
 )
+from project.cli.checks import check_paths, check_settings, check_trainable_here, check_writable
 from project.config.devices import ACCELERATORS, device_type_for, parse_devices, process_count
 from project.config.precision import CHOICES as PRECISION_CHOICES
-from project.config.precision import (
-    Hardware,
-    PrecisionChoice,
-    choose_precision,
-    finetune_all_blocker,
-    int8_blocker,
-)
+from project.config.precision import Hardware, PrecisionChoice, choose_precision
 from project.config.recipes import DEFAULT as DEFAULT_RECIPE
 from project.config.recipes import FINETUNE as FINETUNE_RECIPE
 from project.config.recipes import NOTEBOOK as NOTEBOOK_RECIPE
@@ -47,9 +41,7 @@ from project.config.settings import (
 from project.data import check as data_check
 from project.data.sources import KINDS
 from project.data.split import COPY_POLICIES, SPLIT_MODES
-from project.models.backbone import MIN_IMAGE_SIZE
 from project.models.checkpoint import SavedSettings, read_checkpoint, saved_settings
-from project.models.quantized import check_available as check_int8_available
 from project.models.quantized import is_available as int8_is_available
 from project.training import run, run_files
 
@@ -165,74 +157,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# -------------------------------------------------------------------------------------------------- checks
-
-
-def check_paths(args: argparse.Namespace) -> None:
-    """Fail before any work on a file or folder the run could not use; raise :class:`UserError` with a fix."""
-    if args.test_only and not args.ckpt_path:
-        raise UserError("--test_only needs --ckpt_path PATH (a .ckpt written by a training run)")
-    if args.ckpt_path and not Path(args.ckpt_path).is_file():
-        raise UserError(f"--ckpt_path {args.ckpt_path} does not exist")
-    if args.split_file and not Path(args.split_file).is_file():
-        raise UserError(f"--split_file {args.split_file} does not exist")
-    if args.data_dir is None:
-        raise UserError(f"no dataset given: pass --data_dir PATH ({KINDS})")
-    if not Path(args.data_dir).expanduser().exists():
-        raise UserError(f"--data_dir {args.data_dir} does not exist; pass {KINDS}")
-    weights = args.backbone_weights
-    if weights not in ("imagenet", "none") and not Path(weights).expanduser().is_file():
-        raise UserError(f"--backbone_weights {weights}: no such file (use imagenet, none or a path to a "
-                        f"vgg16().features state dict)")
-    _check_writable(Path(args.default_root_dir))
-
-
-def _check_writable(folder: Path) -> None:
-    """Fail before any work if run files could not be written (rather than after an hour of training)."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
-            pass
-    except OSError as err:
-        raise UserError(f"cannot write to --default_root_dir {folder} ({err.strerror or err}); choose a writable "
-                        f"folder") from None
-
-
-def check_settings(settings: RunSettings) -> None:
-    """The values a run cannot work with, whether they came from a flag or a recipe."""
-    data, trainer = settings.data, settings.trainer
-    for name, value in (("batch_size", data.batch_size), ("max_epochs", trainer.max_epochs),
-                        ("num_nodes", trainer.num_nodes)):
-        if value < 1:
-            raise UserError(f"--{name} must be at least 1 (got {value})")
-    image_size = settings.net.input.image_size
-    if image_size < MIN_IMAGE_SIZE:
-        raise UserError(f"--image_size must be at least {MIN_IMAGE_SIZE}: VGG16 halves it five times (got "
-                        f"{image_size})")
-    if (trainer.patience is not None and trainer.patience < 0) or data.num_workers < 0:
-        raise UserError("--patience and --num_workers cannot be negative")
-    if not settings.optimizer.lr > 0:
-        raise UserError(f"--lr must be positive (got {settings.optimizer.lr})")
-    if settings.optimizer.weight_decay < 0:
-        raise UserError(f"--weight_decay cannot be negative (got {settings.optimizer.weight_decay})")
-    if data.group_people is not None and (not 0 < data.group_people < 2 or data.split != "grouped"):
-        raise UserError(f"--group_people takes a descriptor distance between 0 and 2 (got {data.group_people}) and "
-                        f"works with --split grouped only")
-    if trainer.feature_precision == "int8":
-        _check_int8(settings)
-
-
-def _check_int8(settings: RunSettings) -> None:
-    """int8 features (``--precision int8``, or a resumed run trained on them) are computed by onnxruntime on the
-    CPU, in one process, into the feature cache."""
-    trainer = settings.trainer
-    blocker = int8_blocker(trainer.device_type, process_count(trainer.devices, trainer.num_nodes, trainer.device_type),
-                           settings.data.feature_cache)
-    if blocker:
-        raise UserError(blocker)
-    check_int8_available()
-
-
 # ------------------------------------------------------------------------------------------------ settings
 
 
@@ -341,10 +265,8 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
                         weight_decay=_flag_or(args.weight_decay, recipe.optimizer.weight_decay),
                         backbone_lr_factor=_flag_or(args.backbone_lr_factor, saved_optimizer.backbone_lr_factor))
     device_type = device_type_for(args.accelerator)
-    if not net.input.cacheable and not args.test_only:
-        blocker = finetune_all_blocker(device_type)
-        if blocker:
-            raise UserError(blocker)
+    if not args.test_only:
+        check_trainable_here(net, device_type)
     devices = parse_devices(args.devices, device_type)
     feature_cache = not args.no_feature_cache and net.input.cacheable
     precision = choose_run_precision(args, saved, device_type, devices, feature_cache)
@@ -408,7 +330,7 @@ def check_data(args: argparse.Namespace) -> None:
     if args.data_dir is None or not Path(args.data_dir).expanduser().exists():
         raise UserError(f"--check_data needs --data_dir PATH ({KINDS})")
     report_dir = Path(args.default_root_dir) / "data_check"
-    _check_writable(report_dir)
+    check_writable(report_dir)
     cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
     for line in data_check.check_data(Path(args.data_dir).expanduser(), cache_dir, report_dir, seed=args.seed,
                                       copy_labels=_copy_labels(args), num_workers=args.num_workers):

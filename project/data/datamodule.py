@@ -258,13 +258,19 @@ class UTKFaceDataModule(pl.LightningDataModule):
         # BatchNorm (the compact head) cannot train on a batch of one item: drop such a last batch, and only then.
         # (Lightning's distributed sampler pads every process to the same count of items.)
         drop_last = training and -(-len(dataset) // world) % batch_size == 1
+        # Each new iterator draws a seed for its workers; from the global RNG, that draw would come after
+        # EpochSeeding's reseed in an uninterrupted run but before it in the first epoch of a resumed one (Lightning
+        # makes that iterator earlier), and every mirror image and dropout mask after it would differ. Its own
+        # generator keeps the global RNG for those alone, so a resumed run draws them as the uninterrupted one did.
+        generator = torch.Generator().manual_seed(self.settings.seed)
         if isinstance(dataset, CachedFeatureDataset):
             # Reading a batch from the memory map costs far less than starting worker processes.
             return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=batch_is_ready,
-                              drop_last=drop_last)
+                              drop_last=drop_last, generator=generator)
         workers = self.settings.num_workers
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                          persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(), drop_last=drop_last)
+                          persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(), drop_last=drop_last,
+                          generator=generator)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")
