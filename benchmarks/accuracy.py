@@ -59,12 +59,39 @@ def derived_metrics(run: Dict) -> Dict[str, float]:
             metrics["interval width (years)"] = ages["interval_width"]
         metrics.update({f"MAE {label} (years)": value for label, value in ages["mae_by_group"].items()
                         if value is not None})
+        metrics.update(mae_of_ages(ages.get("by_age") or {}))
+    metrics.update(worst_slices(run.get("slices") or []))
     return metrics
+
+
+#: Ages whose errors people notice most (young children predicted too old, the oldest too young): inclusive bounds
+AGE_RANGES = {"0-12": (0, 12), "80+": (80, 200)}
+
+
+def mae_of_ages(by_age: Dict[str, Dict]) -> Dict[str, float]:
+    """MAE over the test faces of each of :data:`AGE_RANGES`, from the per-year errors (count-weighted)."""
+    result = {}
+    for name, (low, high) in AGE_RANGES.items():
+        rows = [row for age, row in by_age.items() if low <= int(age) <= high and row["count"]]
+        if rows:
+            result[f"MAE ages {name} (years)"] = (sum(row["mae"] * row["count"] for row in rows)
+                                                  / sum(row["count"] for row in rows))
+    return result
+
+
+def worst_slices(slices: List[Dict]) -> Dict[str, float]:
+    """The lowest group accuracy among the genders and among the ethnicities."""
+    result = {}
+    for kind in ("gender", "ethnicity"):
+        accuracies = [row["accuracy"] for row in slices if row["slice"] == kind and row.get("accuracy") is not None]
+        if accuracies:
+            result[f"accuracy of the worst {kind}"] = min(accuracies)
+    return result
 
 
 #: Metrics shown as percentages (the rest as plain numbers).
 PERCENT = ("accuracy", "macro_f1", "balanced_accuracy", "within_one_group", "recall", "calibration_error", "CS(5)",
-           "interval coverage")
+           "interval coverage")  # also "accuracy of the worst ..." (startswith "accuracy")
 
 
 def slice_table(runs: List[Dict]) -> str:
