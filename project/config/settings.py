@@ -121,7 +121,10 @@ class OptimizerSettings:
             raise ValueError(f"backbone_lr_factor must be in (0, 1], got {self.backbone_lr_factor}")
 
     def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
+        record = asdict(self)
+        if self.backbone_lr_factor == OptimizerSettings.backbone_lr_factor:  # left out at its default, so earlier
+            del record["backbone_lr_factor"]                                  # releases still load these checkpoints
+        return record
 
     @classmethod
     def from_dict(cls, record: Mapping[str, Any]) -> "OptimizerSettings":
