@@ -81,8 +81,6 @@ def _check_int8(settings: RunSettings) -> None:
     check_int8_available()
 
 
-
-
 def check_trainable_here(net: NetSettings, device_type: str) -> None:
     """A network with nothing frozen (``--finetune all``) trains on a GPU only."""
     if not net.input.cacheable:

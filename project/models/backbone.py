@@ -11,9 +11,9 @@
 from __future__ import annotations
 
 import hashlib
-from copy import deepcopy as copy_module
 import pickle
 import urllib.error
+from copy import deepcopy as copy_module
 from pathlib import Path
 from typing import Dict, Optional
 
